@@ -1,0 +1,129 @@
+"""Fixtures: the loopback fake API, its experiments, and a runner for the real script."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import experiments  # noqa: E402
+import traces  # noqa: E402
+from fake_api import API_KEY, Experiment, FakeBraintrust  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SKILL = ROOT / ".claude" / "skills" / "braintrust-fetch-experiment-results"
+SCRIPT = SKILL / "scripts" / "fetch_experiment_results.py"
+
+
+def load_script():
+    """The script file as a module, for unit tests of its pure functions."""
+    spec = importlib.util.spec_from_file_location("fetch_experiment_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Result(NamedTuple):
+    code: int
+    stdout: bytes
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def clean_env(**overrides: Optional[str]) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINTRUST_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def run_script(*args: str, env: Dict[str, str], cwd: Path, timeout: float = 60,
+               secret: str = API_KEY) -> Result:
+    """Run the script as a user would, and check the key shows nowhere in what it printed."""
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd,
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert secret.encode() not in done.stdout, "the API key leaked to stdout"
+    assert secret not in stderr, "the API key leaked to stderr"
+    return Result(done.returncode, done.stdout, stderr)
+
+
+class Catalog(NamedTuple):
+    """The experiments the fake serves, by role."""
+    rich: str
+    rich_cases: Dict[str, List[Dict[str, Any]]]
+    header_cursor: str
+    no_trailing_page: str
+    redirect_encoded: str
+    redirect_raw: str
+    empty: str
+    many: str  # 200 small traces: many pages with a small --limit
+
+
+@pytest.fixture(scope="session")
+def fake():
+    server = FakeBraintrust()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def catalog(fake) -> Catalog:
+    def add(experiment_id: str, **options: Any) -> str:
+        cases = experiments.rich(experiment_id)
+        return fake.add(Experiment(experiments.rows_of(cases), **options), experiment_id)
+
+    rich_id = "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"
+    rich_cases = experiments.rich(rich_id)
+    fake.add(Experiment(experiments.rows_of(rich_cases), name="baseline run",
+                        project="support bot"), rich_id)
+    return Catalog(
+        rich=rich_id,
+        rich_cases=rich_cases,
+        header_cursor=add("1b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="header",
+                          name="header cursor"),
+        no_trailing_page=add("2b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a",
+                             trailing_empty_page=False, name="no trailing page"),
+        redirect_encoded=add("3b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", redirect="gzip-encoding",
+                             name="redirected"),
+        redirect_raw=add("4b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", redirect="gzip-raw",
+                         name="redirected raw"),
+        empty=fake.add(Experiment([], name="empty"), "5b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"),
+        many=fake.add(Experiment(traces.synthetic_experiment(
+            "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", traces=200, trace_bytes=300), name="many"),
+            "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"),
+    )
+
+
+@pytest.fixture
+def api(fake, catalog) -> FakeBraintrust:
+    """The fake, with no faults and an empty request log."""
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def env(api) -> Dict[str, str]:
+    return clean_env(BRAINTRUST_API_KEY=API_KEY, BRAINTRUST_API_URL=api.url)
+
+
+@pytest.fixture
+def run(env, tmp_path):
+    """run(*args) runs the script in an empty folder against the fake."""
+    def runner(*args: str, env: Dict[str, str] = env, cwd: Path = tmp_path,
+               timeout: float = 60) -> Result:
+        return run_script(*args, env=env, cwd=cwd, timeout=timeout)
+    return runner

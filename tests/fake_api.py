@@ -1,0 +1,284 @@
+"""A loopback fake of the Braintrust data API: a real HTTP server on 127.0.0.1.
+
+It answers `POST /v1/experiment/{id}/fetch` and `GET /v1/experiment` the way the public spec
+and API-NOTES.md describe, with each uncertain variant selectable per experiment, records
+every request it gets, and injects faults by request number.
+
+Paging follows the notes: rows come newest first (by `_xact_id`) over the whole version
+history, and `limit` counts traces, not rows: a page ends before the row that would bring
+in trace number `limit + 1`. So a trace's older versions can land on later pages.
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+API_KEY = "sk-test-Zq8vR2mN4pL6xT0wY3bC5dF7gH9jK1"
+
+
+@dataclass
+class Experiment:
+    """Rows of every version, in any order; the fake serves them newest first."""
+    rows: List[Dict[str, Any]]
+    name: str = "experiment"
+    project: str = "project"
+    org: str = "org"
+    project_id: str = "5b9e1c52-8f0a-4f0e-9a43-1d2f7a6b3c11"
+    created: str = "2026-11-20T10:00:00.000Z"
+    cursor_in: str = "body"  # "body", "header" (x-bt-cursor only) or "both"
+    trailing_empty_page: bool = True  # the recorded real exchange: the last page has a cursor
+    redirect: Optional[str] = None  # None, "gzip-encoding" or "gzip-raw": 303 to the blob host
+
+    def __post_init__(self):
+        self.rows = sorted(self.rows, key=lambda row: int(row["_xact_id"]), reverse=True)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: Dict[str, List[str]]
+    headers: Dict[str, str]
+    body: Any
+    at: float
+
+
+def encode_cursor(offset: int) -> str:
+    # Real cursors are base64 with '+' and '/': make sure ours have both.
+    return base64.b64encode(b"\xfb\xef\xff" + str(offset).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> Optional[int]:
+    try:
+        raw = base64.b64decode(cursor, validate=True)
+        return int(raw[3:]) if raw[:3] == b"\xfb\xef\xff" else None
+    except ValueError:
+        return None
+
+
+def page_of(rows: List[Dict[str, Any]], offset: int, limit: int) -> Tuple[List[Dict], int]:
+    """Rows from `offset` until the row that would bring in trace number limit + 1."""
+    traces = set()
+    end = offset
+    while end < len(rows):
+        trace = rows[end]["root_span_id"]
+        if trace not in traces and len(traces) == limit:
+            break
+        traces.add(trace)
+        end += 1
+    return rows[offset:end], end
+
+
+class FakeBraintrust:
+    """The fake API plus a second 'object store' server on another port for 303 redirects."""
+
+    def __init__(self, key: str = API_KEY, unknown_experiment_status: int = 400):
+        self.key = key
+        self.unknown_experiment_status = unknown_experiment_status
+        self.experiments: Dict[str, Experiment] = {}
+        self.faults: Dict[int, Dict[str, Any]] = {}
+        self.requests: List[Request] = []
+        self.blob_requests: List[Request] = []
+        self.connections = 0
+        self.blobs: Dict[str, Tuple[bytes, str]] = {}
+        self.lock = threading.Lock()
+        self._page_cache: Dict[Tuple[str, int, int], Tuple[bytes, Optional[str]]] = {}
+        self.api = _serve(self._handle_api, self)
+        self.blob_host = _serve(self._handle_blob, self)
+        self.url = "http://127.0.0.1:%d" % self.api.server_address[1]
+        self.blob_url = "http://127.0.0.1:%d" % self.blob_host.server_address[1]
+
+    def add(self, experiment: Experiment, experiment_id: Optional[str] = None) -> str:
+        experiment_id = experiment_id or str(uuid.uuid4())
+        self.experiments[experiment_id] = experiment
+        return experiment_id
+
+    def close(self) -> None:
+        for server in (self.api, self.blob_host):
+            server.shutdown()
+            server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.requests.clear()
+            self.blob_requests.clear()
+            self.connections = 0
+            self.unknown_experiment_status = 400
+
+    def fetches(self) -> List[Request]:
+        return [r for r in self.requests if r.path.endswith("/fetch")]
+
+    # -- the API --------------------------------------------------------------------------
+
+    def _handle_api(self, handler: "Handler", request: Request) -> None:
+        with self.lock:
+            self.requests.append(request)
+            number = len(self.requests)
+            fault = self.faults.get(number)
+        if fault:
+            if fault.get("delay"):
+                time.sleep(fault["delay"])
+            if fault.get("drop"):
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if "status" in fault:
+                handler.reply(fault["status"], fault.get("body", "").encode(),
+                              fault.get("content_type", "text/plain"), fault.get("headers"))
+                return
+            if fault.get("html"):
+                handler.reply(200, b"<html><body><h1>Gateway login</h1></body></html>",
+                              "text/html")
+                return
+        auth = request.headers.get("authorization")
+        if auth != f"Bearer {self.key}":
+            handler.reply(401, b"Invalid API key", "text/plain")
+            return
+        parts = request.path.strip("/").split("/")
+        if request.method == "GET" and parts == ["v1", "experiment"]:
+            self._list_experiments(handler, request)
+        elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "experiment"] \
+                and parts[3] == "fetch":
+            self._fetch(handler, request, parts[2], fault or {})
+        else:
+            handler.reply(404, b"Not found", "text/plain")
+
+    def _list_experiments(self, handler: "Handler", request: Request) -> None:
+        query = {key: values[0] for key, values in request.query.items()}
+        objects = []
+        for experiment_id, experiment in self.experiments.items():
+            if query.get("experiment_name", experiment.name) != experiment.name:
+                continue
+            if query.get("project_name", experiment.project) != experiment.project:
+                continue
+            if query.get("org_name", experiment.org) != experiment.org:
+                continue
+            objects.append({"id": experiment_id, "project_id": experiment.project_id,
+                            "name": experiment.name, "public": False,
+                            "created": experiment.created, "deleted_at": None})
+        handler.reply(200, json.dumps({"objects": objects}).encode(), "application/json")
+
+    def _fetch(self, handler: "Handler", request: Request, experiment_id: str,
+               fault: Dict[str, Any]) -> None:
+        experiment = self.experiments.get(experiment_id)
+        if experiment is None:
+            status = self.unknown_experiment_status
+            handler.reply(status, json.dumps({"error": f"Experiment {experiment_id} not found"
+                                              }).encode(), "application/json")
+            return
+        body = request.body if isinstance(request.body, dict) else {}
+        limit = body.get("limit", 1000)
+        cursor = body.get("cursor")
+        offset = decode_cursor(cursor) if cursor else 0
+        if not isinstance(limit, int) or limit < 1 or offset is None:
+            handler.reply(400, b"Invalid limit or cursor", "text/plain")
+            return
+        key = (experiment_id, offset, limit)
+        cached = self._page_cache.get(key)
+        if cached is None:
+            rows, end = page_of(experiment.rows, offset, limit)
+            next_cursor = None
+            if rows and (end < len(experiment.rows) or experiment.trailing_empty_page):
+                next_cursor = encode_cursor(end)
+            page: Dict[str, Any] = {"events": rows}
+            if next_cursor and experiment.cursor_in in ("body", "both"):
+                page["cursor"] = next_cursor
+            cached = (json.dumps(page).encode(), next_cursor)
+            self._page_cache[key] = cached
+        payload, next_cursor = cached
+        if fault.get("repeat_cursor") and cursor:
+            payload = json.dumps({"events": json.loads(payload)["events"][:1],
+                                  "cursor": cursor}).encode()
+        headers = {}
+        if next_cursor and experiment.cursor_in in ("header", "both"):
+            headers["x-bt-cursor"] = next_cursor
+        if fault.get("cut"):
+            handler.reply(200, payload, "application/json", headers, cut=True)
+        elif experiment.redirect:
+            token = uuid.uuid4().hex
+            self.blobs[token] = (gzip.compress(payload, compresslevel=1), experiment.redirect)
+            location = f"{self.blob_url}/blob/{token}.json.gz?X-Amz-Signature={token[:16]}"
+            handler.reply(303, b"", "text/plain", dict(headers, Location=location))
+        else:
+            handler.reply(200, payload, "application/json", headers)
+
+    # -- the object store behind a 303 --------------------------------------------------------
+
+    def _handle_blob(self, handler: "Handler", request: Request) -> None:
+        with self.lock:
+            self.blob_requests.append(request)
+        token = request.path.rsplit("/", 1)[-1].split(".")[0]
+        blob, variant = self.blobs.get(token, (None, None))
+        if request.method != "GET" or blob is None:
+            handler.reply(404, b"NoSuchKey", "application/xml")
+            return
+        if variant == "gzip-encoding":
+            handler.reply(200, blob, "application/json", {"Content-Encoding": "gzip"})
+        else:  # a stored .json.gz object: gzip bytes, no Content-Encoding
+            handler.reply(200, blob, "application/octet-stream")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real API
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake.lock:
+            self.server.fake.connections += 1
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        split = urlsplit(self.path)
+        request = Request(self.command, split.path, parse_qs(split.query),
+                          {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+        self.server.respond(self, request)
+
+    do_GET = do_POST = _dispatch
+
+    def reply(self, status: int, body: bytes, content_type: str,
+              headers: Optional[Dict[str, str]] = None, cut: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if cut:  # the connection dies half-way through the body
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+
+def _serve(respond, fake: FakeBraintrust) -> _Server:
+    server = _Server(("127.0.0.1", 0), Handler)
+    server.respond = respond  # type: ignore[attr-defined]
+    server.fake = fake  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

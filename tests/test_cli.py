@@ -1,0 +1,305 @@
+"""End to end: the script, run as a subprocess, against the loopback fake API.
+
+Each test is one behaviour of the fetch CLI (issue 2), named for it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import experiments
+from conftest import SCRIPT, SKILL, clean_env, load_script
+from fake_api import API_KEY, page_of
+
+script = load_script()
+
+
+def rich_records(catalog, names=experiments.RICH_ORDER):
+    return [experiments.expected_record(catalog.rich_cases, name) for name in names]
+
+
+# -- records --------------------------------------------------------------------------------
+
+def test_prints_one_record_per_live_root_in_the_order_the_roots_arrive(run, catalog):
+    result = run(catalog.rich)
+    assert result.code == 0, result.stderr
+    assert result.json() == rich_records(catalog)
+
+
+def test_record_keys_come_in_the_documented_order(run, catalog):
+    records = run(catalog.rich).json()
+    assert all(list(record) == ["root_span_id", "input", "output", "expected", "metadata",
+                                "scores", "origin"] for record in records)
+
+
+@pytest.mark.parametrize("limit", ["1", "3", "7", "1000"])
+def test_page_size_does_not_change_the_records(run, catalog, limit):
+    assert run(catalog.rich, "--limit", limit).json() == rich_records(catalog)
+
+
+def test_an_empty_experiment_gives_an_empty_array(run, catalog):
+    result = run(catalog.empty)
+    assert (result.code, result.stdout) == (0, b"[]\n")
+
+
+def test_edited_only_keeps_records_whose_expected_was_edited_in_the_ui(run, catalog):
+    records = run(catalog.rich, "--edited-only").json()
+    want = [dict(record, edited=True) for record in rich_records(catalog, ["edited_flat",
+                                                                          "edited"])]
+    assert records == want
+    assert all(list(record)[-1] == "edited" for record in records)
+
+
+def test_max_results_returns_the_first_n_records(run, catalog):
+    assert run(catalog.rich, "--max-results", "6").json() == rich_records(catalog)[:6]
+
+
+def test_max_results_counts_records_after_edited_only(run, catalog):
+    records = run(catalog.rich, "--edited-only", "--max-results", "1").json()
+    assert [record["expected"] for record in records] == [{"answer": "flat"}]
+
+
+def test_max_results_stops_requesting_once_the_page_completes_n_records(run, api, catalog):
+    result = run(catalog.many, "--limit", "10", "--max-results", "5")
+    assert len(result.json()) == 5
+    assert len(api.fetches()) == 1
+
+
+def test_max_results_above_the_total_returns_everything(run, catalog):
+    assert run(catalog.rich, "--max-results", "500").json() == rich_records(catalog)
+
+
+# -- paging ---------------------------------------------------------------------------------
+
+def test_pages_are_posted_with_the_limit_then_the_previous_cursor(run, api, catalog):
+    run(catalog.rich, "--limit", "5")
+    bodies = [request.body for request in api.fetches()]
+    assert bodies[0] == {"limit": 5}
+    assert all(set(body) == {"limit", "cursor"} and body["limit"] == 5 for body in bodies[1:])
+    assert len({body["cursor"] for body in bodies[1:]}) == len(bodies) - 1
+    assert any("+" in body["cursor"] and "/" in body["cursor"] for body in bodies[1:])
+
+
+def test_each_request_carries_the_key_as_a_bearer_token_and_names_the_tool(run, api, catalog):
+    run(catalog.rich)
+    request = api.fetches()[0]
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["user-agent"].startswith(
+        f"braintrust-fetch-experiment-results/{script.__version__}")
+    assert request.path == f"/v1/experiment/{catalog.rich}/fetch"
+
+
+def non_empty_pages(api, experiment_id, limit):
+    """How many non-empty pages the fake serves for this experiment at this page size."""
+    rows, offset, pages = api.experiments[experiment_id].rows, 0, 0
+    while offset < len(rows):
+        offset = page_of(rows, offset, limit)[1]
+        pages += 1
+    return pages
+
+
+def test_paging_stops_at_the_trailing_empty_page(run, api, catalog):
+    assert run(catalog.rich, "--limit", "10").code == 0
+    assert len(api.fetches()) == non_empty_pages(api, catalog.rich, 10) + 1
+
+
+def test_paging_stops_when_a_page_comes_without_a_cursor(run, api, catalog):
+    result = run(catalog.no_trailing_page, "--limit", "10")
+    assert result.json() == rich_records(catalog)
+    assert len(api.fetches()) == non_empty_pages(api, catalog.no_trailing_page, 10)
+
+
+def test_a_cursor_sent_only_as_the_x_bt_cursor_header_is_followed(run, api, catalog):
+    result = run(catalog.header_cursor, "--limit", "4")
+    assert result.json() == rich_records(catalog)
+    assert len(api.fetches()) > 5
+
+
+def test_one_connection_serves_the_whole_run(run, api, catalog):
+    run(catalog.rich, "--limit", "2")
+    assert len(api.fetches()) > 10
+    assert api.connections == 1
+
+
+def test_an_uppercase_id_is_sent_in_canonical_form(run, api, catalog):
+    assert run(catalog.rich.upper()).code == 0
+    assert api.fetches()[0].path == f"/v1/experiment/{catalog.rich}/fetch"
+
+
+# -- output ---------------------------------------------------------------------------------
+
+def test_json_output_is_an_array_indented_by_two_in_utf8(run, catalog):
+    result = run(catalog.rich)
+    records = result.json()
+    assert result.stdout == (json.dumps(records, indent=2, ensure_ascii=False) + "\n").encode()
+    assert "日本語 🚀".encode() in result.stdout
+
+
+def test_jsonl_output_is_one_compact_record_per_line(run, catalog):
+    result = run(catalog.rich, "--format", "jsonl")
+    lines = result.stdout.decode().splitlines()
+    assert [json.loads(line) for line in lines] == rich_records(catalog)
+    assert all(line == json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":"))
+               for line in lines)
+
+
+def test_jsonl_of_an_empty_experiment_is_empty(run, catalog):
+    assert run(catalog.empty, "--format", "jsonl").stdout == b""
+
+
+def test_output_writes_the_same_bytes_to_the_file_and_nothing_to_stdout(run, catalog, tmp_path):
+    target = tmp_path / "results.json"
+    result = run(catalog.rich, "--output", str(target))
+    assert (result.code, result.stdout) == (0, b"")
+    assert target.read_bytes() == run(catalog.rich).stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_output_replaces_an_existing_file_when_the_run_succeeds(run, catalog, tmp_path):
+    target = tmp_path / "results.jsonl"
+    target.write_text("old\n")
+    assert run(catalog.rich, "--format", "jsonl", "--output", str(target)).code == 0
+    assert len(target.read_text().splitlines()) == len(experiments.RICH_ORDER)
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+@pytest.mark.parametrize("fmt, program, want", [("json", "length", "24"),
+                                                 ("json", ".[0].origin.dataset_id",
+                                                  '"ae0d7731-33af-4012-8e1c-0820b48776dd"'),
+                                                 ("jsonl", "-s length", "24")])
+def test_jq_reads_the_output(run, catalog, fmt, program, want):
+    stdout = run(catalog.rich, "--format", fmt).stdout
+    done = subprocess.run(["jq", *program.split()], input=stdout, capture_output=True)
+    assert (done.returncode, done.stdout.decode().strip()) == (0, want)
+
+
+# -- settings -------------------------------------------------------------------------------
+
+def test_the_key_is_read_from_a_dotenv_file_in_a_parent_folder(run, api, catalog, tmp_path):
+    (tmp_path / ".env").write_text(f"BRAINTRUST_API_KEY={API_KEY}\nBRAINTRUST_API_URL={api.url}\n")
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    result = run(catalog.rich, env=clean_env(), cwd=folder)
+    assert result.code == 0, result.stderr
+    assert len(result.json()) == 24
+
+
+def test_an_exported_key_wins_over_the_dotenv_file(run, env, catalog, tmp_path):
+    (tmp_path / ".env").write_text("BRAINTRUST_API_KEY=sk-wrong-key-from-dotenv\n")
+    assert run(catalog.rich, env=env).code == 0
+
+
+def test_an_exported_but_empty_key_counts_as_unset(run, api, catalog, tmp_path):
+    (tmp_path / ".env").write_text(f"BRAINTRUST_API_KEY={API_KEY}\n")
+    env = clean_env(BRAINTRUST_API_KEY="", BRAINTRUST_API_URL=api.url)
+    assert run(catalog.rich, env=env).code == 0
+
+
+def test_a_missing_key_is_a_usage_error_before_any_request(run, api, catalog):
+    result = run(catalog.rich, env=clean_env(BRAINTRUST_API_URL=api.url))
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "BRAINTRUST_API_KEY is not set" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_api_url_flag_wins_over_the_environment(run, api, catalog):
+    env = clean_env(BRAINTRUST_API_KEY=API_KEY, BRAINTRUST_API_URL="http://127.0.0.1:9")
+    assert run(catalog.rich, "--api-url", api.url + "/", env=env).code == 0
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com", "http://10.1.2.3:8000",
+                                 "ftp://127.0.0.1", "api.braintrust.dev",
+                                 "https://user:pw@api.braintrust.dev"])
+def test_an_api_url_the_key_may_not_travel_to_is_refused_before_any_connection(run, api,
+                                                                               catalog, url):
+    result = run(catalog.rich, "--api-url", url)
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("experiment_id", ["not-a-uuid", "../../v1/project",
+                                           "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a/../x", " "])
+def test_an_experiment_that_is_not_an_id_is_a_usage_error(run, api, experiment_id):
+    result = run(experiment_id)
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--limit", "0"), ("--limit", "1001"),
+                                         ("--limit", "ten"), ("--max-results", "0"),
+                                         ("--max-results", "-3"), ("--format", "csv")])
+def test_a_bad_number_or_format_is_a_usage_error(run, api, catalog, flag, value):
+    result = run(catalog.rich, flag, value)
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert len(result.stderr.splitlines()) == 1
+    assert flag in result.stderr
+
+
+def test_a_bad_timeout_setting_is_a_usage_error(run, api, env, catalog):
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_HTTP_TIMEOUT="soon"))
+    assert (result.code, api.requests) == (2, [])
+    assert "BRAINTRUST_HTTP_TIMEOUT" in result.stderr
+
+
+# -- errors from the API --------------------------------------------------------------------
+
+def test_a_refused_key_exits_1_after_one_request(run, api, catalog):
+    env = clean_env(BRAINTRUST_API_KEY="sk-not-a-real-key", BRAINTRUST_API_URL=api.url)
+    result = run(catalog.rich, env=env)
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert "refused the key" in result.stderr and "401" in result.stderr
+    assert "sk-not-a-real-key" not in result.stderr
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_an_unknown_experiment_exits_1_after_one_request(run, api, status):
+    api.unknown_experiment_status = status
+    result = run("9f8e7d6c-5b4a-4321-8fed-cba987654321")
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert "9f8e7d6c-5b4a-4321-8fed-cba987654321 was not found" in result.stderr
+    assert str(status) in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+# -- messages -------------------------------------------------------------------------------
+
+def test_a_successful_run_prints_nothing_on_stderr(run, catalog):
+    assert run(catalog.rich).stderr == ""
+
+
+def test_verbose_prints_a_line_per_page(run, api, catalog):
+    result = run(catalog.rich, "--limit", "10", "--verbose")
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(api.fetches())
+    assert lines[0].startswith("page 1: ")
+
+
+def test_quiet_and_verbose_cannot_be_combined(run, api, catalog):
+    assert run(catalog.rich, "--quiet", "--verbose").code == 2
+
+
+def test_version_prints_the_version(run):
+    result = run("--version")
+    assert (result.code, result.stdout.decode().split()) == (0, [
+        "fetch_experiment_results.py", script.__version__])
+
+
+def test_every_flag_in_help_is_documented_in_skill_md_and_the_other_way_round(run):
+    help_text = run("--help").stdout.decode()
+    skill = (SKILL / "SKILL.md").read_text()
+    in_help = set(re.findall(r"--[a-z][a-z-]+", help_text))
+    in_skill = set(re.findall(r"--[a-z][a-z-]+", skill))
+    assert in_help == in_skill
+
+
+def test_the_script_is_executable_with_a_python_shebang_and_inline_metadata():
+    text = SCRIPT.read_text()
+    assert text.startswith("#!/usr/bin/env python3\n")
+    assert SCRIPT.stat().st_mode & 0o111
+    block = re.search(r"^# /// script\n(.*?)^# ///$", text, re.M | re.S).group(1)
+    assert 'requires-python = ">=3.9"' in block
+    assert re.findall(r'"(requests|python-dotenv)[^"]*"', block) == ["requests", "python-dotenv"]

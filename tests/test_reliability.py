@@ -1,0 +1,218 @@
+"""End to end: faults injected by the fake API, by request number (issue 3).
+
+Every run goes through `run_script`, which also checks that the key is in nothing printed.
+"""
+from __future__ import annotations
+
+import email.utils
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import experiments
+from conftest import SCRIPT
+from fake_api import API_KEY
+
+
+def all_records(catalog):
+    return [experiments.expected_record(catalog.rich_cases, n) for n in experiments.RICH_ORDER]
+
+
+def retry_lines(stderr):
+    return [line for line in stderr.splitlines() if "retrying in" in line]
+
+
+def gap(api, first, second):
+    """Seconds between the fake receiving request `first` and request `second` (1-based)."""
+    return api.requests[second - 1].at - api.requests[first - 1].at
+
+
+# -- retried, then recovered ----------------------------------------------------------------
+
+def test_a_429_waits_the_seconds_retry_after_asks_then_recovers(run, api, catalog):
+    api.faults[1] = {"status": 429, "headers": {"Retry-After": "2"}, "body": "slow down"}
+    result = run(catalog.rich)
+    assert result.json() == all_records(catalog)
+    assert gap(api, 1, 2) >= 1.9
+    assert retry_lines(result.stderr) == [
+        "page 1: the API answered 429; retrying in 2.0 s (attempt 2 of 6)"]
+
+
+def test_a_429_with_an_http_date_in_retry_after_waits_until_that_date(run, api, catalog):
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)
+    api.faults[1] = {"status": 429, "headers": {"Retry-After": when}}
+    result = run(catalog.rich)
+    assert result.json() == all_records(catalog)
+    assert gap(api, 1, 2) >= 1.5
+    assert len(retry_lines(result.stderr)) == 1
+
+
+def test_retry_after_is_capped_at_a_minute(api, env, catalog, tmp_path):
+    # The cap shows in the announced wait; the run is interrupted rather than waited out.
+    api.faults[1] = {"status": 503, "headers": {"Retry-After": "3600"}}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.rich], env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_line = process.stderr.readline().decode()
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=20)
+    assert first_line == "page 1: the API answered 503; retrying in 60.0 s (attempt 2 of 6)\n"
+    assert process.returncode == 130
+
+
+def test_502_503_and_500_in_a_row_are_retried_with_growing_waits(run, api, catalog):
+    api.faults.update({1: {"status": 502}, 2: {"status": 503}, 3: {"status": 500}})
+    result = run(catalog.rich)
+    assert result.json() == all_records(catalog)
+    lines = retry_lines(result.stderr)
+    assert [line.split(";")[0] for line in lines] == [
+        "page 1: the API answered 502", "page 1: the API answered 503",
+        "page 1: the API answered 500"]
+    assert [line.split("(")[-1] for line in lines] == ["attempt 2 of 6)", "attempt 3 of 6)",
+                                                       "attempt 4 of 6)"]
+    assert gap(api, 2, 3) >= 0.9 and gap(api, 3, 4) >= 1.9
+
+
+def test_a_connection_dropped_before_the_answer_is_retried(run, api, catalog):
+    api.faults[2] = {"drop": True}
+    result = run(catalog.rich, "--limit", "5")
+    assert result.json() == all_records(catalog)
+    assert retry_lines(result.stderr)[0].startswith("page 2: the connection failed")
+
+
+def test_an_answer_cut_off_after_the_headers_is_fetched_again(run, api, catalog):
+    api.faults[2] = {"cut": True}
+    result = run(catalog.rich, "--limit", "5")
+    assert result.json() == all_records(catalog)
+    assert retry_lines(result.stderr)[0].startswith("page 2: the connection failed")
+    assert api.requests[1].body == api.requests[2].body
+
+
+def test_a_read_timeout_is_retried(run, api, env, catalog):
+    api.faults[1] = {"delay": 3}
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_HTTP_TIMEOUT="1"))
+    assert result.json() == all_records(catalog)
+    assert "timed out" in retry_lines(result.stderr)[0]
+
+
+def test_quiet_hides_the_retry_lines(run, api, catalog):
+    api.faults[1] = {"status": 503, "headers": {"Retry-After": "0"}}
+    result = run(catalog.rich, "--quiet")
+    assert (result.code, result.stderr) == (0, "")
+
+
+# -- not retried, or given up on ------------------------------------------------------------
+
+def test_a_200_html_page_is_not_retried_and_says_what_came_back(run, api, catalog):
+    api.faults[1] = {"html": True}
+    result = run(catalog.rich)
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert "not JSON" in result.stderr and "text/html" in result.stderr
+    assert "Gateway login" in result.stderr
+
+
+def test_a_200_json_answer_without_events_is_not_retried(run, api, catalog):
+    api.faults[1] = {"status": 200, "body": '{"objects": []}', "content_type": "application/json"}
+    result = run(catalog.rich)
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert "not a page of events" in result.stderr
+
+
+def test_a_persistent_500_fails_cleanly_after_six_tries(run, api, catalog):
+    for number in range(1, 10):
+        api.faults[number] = {"status": 500, "headers": {"Retry-After": "0"},
+                              "body": "database unavailable"}
+    result = run(catalog.rich)
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 6)
+    last = result.stderr.splitlines()[-1]
+    assert "500" in last and "after 6 tries" in last and "database unavailable" in last
+    assert len(retry_lines(result.stderr)) == 5
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_client_errors_are_never_retried(run, api, catalog, status):
+    api.faults[1] = {"status": status, "body": "no"}
+    result = run(catalog.rich)
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert retry_lines(result.stderr) == []
+
+
+def test_a_repeating_cursor_stops_the_run_with_an_error(run, api, catalog):
+    api.faults[3] = {"repeat_cursor": True}
+    result = run(catalog.rich, "--limit", "3")
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 3)
+    assert "cursor" in result.stderr
+
+
+def test_a_server_message_is_trimmed_and_stripped_of_terminal_escapes(run, api, catalog):
+    body = "\x1b]0;pwned\x07\x1b[31mbad request\x1b[0m\r\nline two\x00" + "x" * 1000
+    api.faults[1] = {"status": 400, "body": body}
+    result = run(catalog.rich)
+    assert result.code == 1
+    assert "\x1b" not in result.stderr and "\x00" not in result.stderr and "\r" not in result.stderr
+    assert "pwned" not in result.stderr
+    assert "bad request line two xxx" in result.stderr
+    assert len(result.stderr) < 600
+
+
+def test_a_server_that_echoes_the_key_gets_it_redacted(run, api, catalog):
+    api.faults[1] = {"status": 500, "headers": {"Retry-After": "0"},
+                     "body": f"bad token {API_KEY}"}
+    for number in range(2, 7):
+        api.faults[number] = api.faults[1]
+    result = run(catalog.rich)  # run_script asserts the key is absent
+    assert result.code == 1 and "bad token [redacted]" in result.stderr
+
+
+def test_an_unreachable_api_fails_cleanly_after_retries(run, env, catalog):
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_API_URL="http://127.0.0.1:9"))
+    assert (result.code, result.stdout) == (1, b"")
+    assert "could not reach 127.0.0.1:9" in result.stderr.splitlines()[-1]
+    assert len(retry_lines(result.stderr)) == 5
+
+
+# -- redirects ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["redirect_encoded", "redirect_raw"])
+def test_a_303_to_an_object_store_is_followed_without_the_key(run, api, catalog, which):
+    result = run(getattr(catalog, which), "--limit", "10")
+    assert result.json() == all_records(catalog)
+    assert api.blob_requests and all(r.method == "GET" for r in api.blob_requests)
+    assert all("authorization" not in r.headers for r in api.blob_requests)
+    assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in api.requests)
+
+
+# -- nothing lost ---------------------------------------------------------------------------
+
+def test_a_failed_run_leaves_an_existing_output_file_as_it_was(run, api, catalog, tmp_path):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"previous results\n")
+    api.faults[3] = {"status": 403, "body": "revoked"}
+    result = run(catalog.rich, "--limit", "3", "--output", str(target))
+    assert result.code == 1
+    assert target.read_bytes() == b"previous results\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_ctrl_c_during_a_slow_page_exits_130_with_one_line_and_no_output(api, env, catalog,
+                                                                          tmp_path):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"previous results\n")
+    api.faults[2] = {"delay": 8}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.rich, "--limit", "3",
+                                "--output", str(target)], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while len(api.requests) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert stdout == b""
+    assert stderr.decode().splitlines() == ["fetch_experiment_results.py: interrupted"]
+    assert target.read_bytes() == b"previous results\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    assert API_KEY not in stderr.decode()
