@@ -61,6 +61,10 @@ def run_script(*args: str, env: Dict[str, str], cwd: Path, timeout: float = 60,
     return Result(done.returncode, done.stdout, stderr)
 
 
+ODD_NAME = "café 🚀 / run #1 & more+"
+ODD_PROJECT = "проект α?"
+
+
 class Catalog(NamedTuple):
     """The experiments the fake serves, by role."""
     rich: str
@@ -71,6 +75,8 @@ class Catalog(NamedTuple):
     redirect_raw: str
     empty: str
     many: str  # 200 small traces: many pages with a small --limit
+    same_names_other_org: str  # "baseline run" in "support bot", like `rich`, in another org
+    odd_names: str  # names with spaces, '/', '&', '#' and unicode
 
 
 @pytest.fixture(scope="session")
@@ -86,10 +92,14 @@ def catalog(fake) -> Catalog:
         cases = experiments.rich(experiment_id)
         return fake.add(Experiment(experiments.rows_of(cases), **options), experiment_id)
 
+    def small(experiment_id: str, **options: Any) -> str:
+        rows = traces.synthetic_experiment(experiment_id, traces=3, trace_bytes=100)
+        return fake.add(Experiment(rows, **options), experiment_id)
+
     rich_id = "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"
     rich_cases = experiments.rich(rich_id)
     fake.add(Experiment(experiments.rows_of(rich_cases), name="baseline run",
-                        project="support bot"), rich_id)
+                        project="support bot", org="acme"), rich_id)
     return Catalog(
         rich=rich_id,
         rich_cases=rich_cases,
@@ -105,6 +115,10 @@ def catalog(fake) -> Catalog:
         many=fake.add(Experiment(traces.synthetic_experiment(
             "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", traces=200, trace_bytes=300), name="many"),
             "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"),
+        same_names_other_org=small("7b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="baseline run",
+                                   project="support bot", org="other org"),
+        odd_names=small("8b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name=ODD_NAME,
+                        project=ODD_PROJECT, org="org"),
     )
 
 

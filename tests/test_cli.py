@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -303,3 +304,42 @@ def test_the_script_is_executable_with_a_python_shebang_and_inline_metadata():
     block = re.search(r"^# /// script\n(.*?)^# ///$", text, re.M | re.S).group(1)
     assert 'requires-python = ">=3.9"' in block
     assert re.findall(r'"(requests|python-dotenv)[^"]*"', block) == ["requests", "python-dotenv"]
+
+
+def test_a_terminal_on_stderr_gets_a_progress_line_and_stdout_only_the_data(env, catalog,
+                                                                             tmp_path):
+    import os
+    import pty
+    import sys
+    leader, follower = pty.openpty()
+    done = subprocess.run([sys.executable, str(SCRIPT), catalog.rich, "--limit", "10"],
+                          env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=follower,
+                          timeout=60)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert done.returncode == 0
+    assert b"page 1: " in shown and b"24 records so far" in shown
+    assert API_KEY.encode() not in shown
+    assert len(json.loads(done.stdout)) == 24
+
+
+def test_the_version_is_the_same_in_the_script_and_pyproject():
+    pyproject = (SCRIPT.parents[4] / "pyproject.toml").read_text()
+    assert f'version = "{script.__version__}"' in pyproject
+
+
+def test_the_script_runs_on_python_3_9():
+    # vermin reads the code and names the oldest Python that has everything it uses.
+    done = subprocess.run([sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())",
+                           "-t=3.9-", "--no-tips", "--eval-annotations", "--violations",
+                           str(SCRIPT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

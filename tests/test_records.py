@@ -231,3 +231,26 @@ def test_accepted_api_urls(url, want):
 def test_refused_api_urls(url):
     with pytest.raises(script.UsageError):
         script.checked_api_url(url)
+
+
+# -- the experiment argument ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["0B6C2A4E-5D7F-4E21-9C3A-8F1E2D3C4B5A",
+                                  "{0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a}",
+                                  "urn:uuid:0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a",
+                                  "0b6c2a4e5d7f4e219c3a8f1e2d3c4b5a",
+                                  " 0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a\n"])
+def test_an_id_in_any_uuid_spelling_becomes_the_canonical_form(text):
+    assert script.parse_target(text, None, None) == script.Target(
+        "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a")
+
+
+def test_a_link_gives_its_percent_decoded_names():
+    link = "https://app.example.eu/app/My%20Org/p/caf%C3%A9%2Fbot/experiments/run%20%231/?x=1#y"
+    assert script.parse_target(link, None, None) == script.Target(None, "My Org", "café/bot",
+                                                                   "run #1")
+
+
+def test_a_name_takes_project_and_org_from_the_flags():
+    assert script.parse_target("nightly", " bot ", "acme") == script.Target(
+        None, "acme", "bot", "nightly")

@@ -8,6 +8,7 @@ without a root, stale versions, deletions, UI edits in audit_data) each have a b
 from __future__ import annotations
 
 import copy
+import json
 import itertools
 import random
 import uuid
@@ -145,17 +146,20 @@ def deleted(ids: Ids, row: Dict[str, Any]) -> Dict[str, Any]:
 
 def synthetic_experiment(experiment_id: str, traces: int, spans_per_trace: int = 5,
                          trace_bytes: int = 12_000, seed: int = 1) -> List[Dict[str, Any]]:
-    """Many plain eval cases for benchmarks: root, task, llm and score spans, with the
-    payload spread the way long LLM prompts spread it (most of it in child spans)."""
+    """Many plain eval cases for benchmarks: root, task, llm and score spans, about
+    `trace_bytes` of JSON per trace, most of it in child spans as long LLM prompts put it."""
     ids = Ids(seed)
     scorers = max(1, spans_per_trace - 3)
-    pad = "x" * max(0, trace_bytes // 6)
-    rows: List[Dict[str, Any]] = []
-    for case in range(traces):
-        question = f"Question {case}: " + pad
-        rows.extend(eval_trace(
-            ids, experiment_id, input=question, output={"answer": f"Answer {case}"},
-            expected={"answer": f"Answer {case}"}, metadata={"case": case},
-            scores={f"Scorer {n}": 1.0 for n in range(scorers)},
-            dataset_record_id=ids.uuid(), prompt_padding=pad * 2))
-    return rows
+
+    def case(number: int, pad: str) -> List[Dict[str, Any]]:
+        # The padding shows five times: root, task and llm inputs, and twice in the prompt.
+        return eval_trace(
+            ids, experiment_id, input=f"Question {number}: {pad}",
+            output={"answer": f"Answer {number}"}, expected={"answer": f"Answer {number}"},
+            metadata={"case": number}, scores={f"Scorer {n}": 1.0 for n in range(scorers)},
+            dataset_record_id=ids.uuid(), prompt_padding=pad * 2)
+
+    bare = len(json.dumps(case(0, "")))
+    pad = "x" * max(0, (trace_bytes - bare) // 5)
+    ids = Ids(seed)
+    return [row for number in range(traces) for row in case(number, pad)]

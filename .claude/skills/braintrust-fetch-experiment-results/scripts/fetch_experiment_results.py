@@ -13,6 +13,7 @@ every message goes to stderr. Exit codes: 0 done, 1 the API or the network faile
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import ipaddress
 import json
@@ -30,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 import requests
 from dotenv import dotenv_values, find_dotenv
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import MaxRetryError, ProtocolError
+from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError
 from urllib3.util.retry import Retry
 
 __version__ = "1.0.0"
@@ -212,7 +213,7 @@ def parse_target(text: str, project: Optional[str], org: Optional[str]) -> Targe
     if re.match(r"https?://", text, re.IGNORECASE):
         match = APP_LINK_PATH.fullmatch(urllib.parse.urlsplit(text).path)
         names = [urllib.parse.unquote(part) for part in match.groups()] if match else []
-        if not all(name.strip() for name in names):
+        if not names or not all(name.strip() for name in names):
             raise UsageError(f"{text!r} is not an experiment link: expected "
                              "https://<app host>/app/ORG/p/PROJECT/experiments/EXPERIMENT")
         return Target(None, *names)
@@ -305,9 +306,18 @@ def describe_error(error: BaseException) -> str:
     return clean_text(str(error) or type(error).__name__, limit=160)
 
 
+class Answer(NamedTuple):
+    """An HTTP answer with its whole body read."""
+    status: int
+    reason: str
+    headers: Any  # case-insensitive
+    body: bytes
+    tries: int
+
+
 def send(session: requests.Session, method: str, url: str, what: str, settings: Settings,
-         announce: Callable[[str], None], **kwargs: Any) -> requests.Response:
-    """One request with its body read, retried as a whole (up to the same budget) when the
+         announce: Callable[[str], None], **kwargs: Any) -> Answer:
+    """One request with its body read, retried as a whole (within the same budget) when the
     connection breaks after the headers, which urllib3 does not retry by itself."""
     adapter = session.get_adapter(url)
     retry = retry_policy(what, announce)
@@ -316,26 +326,27 @@ def send(session: requests.Session, method: str, url: str, what: str, settings: 
         try:
             response = session.request(method, url, stream=True,
                                        timeout=(CONNECT_TIMEOUT, settings.read_timeout), **kwargs)
-        except requests.exceptions.RetryError as error:
-            raise ApiError(f"{what}: gave up after {RETRIES_PER_REQUEST + 1} tries "
-                           f"({describe_error(error)})") from None
         except requests.exceptions.ConnectionError as error:
             raise ApiError(f"{what}: could not reach {urllib.parse.urlsplit(url).netloc} "
                            f"({describe_error(error)}); check the network and the API URL") from None
         except requests.exceptions.RequestException as error:
             raise ApiError(f"{what}: the request failed ({describe_error(error)})") from None
+        retry = response.raw.retries or retry
         try:
-            response.content  # read the whole body now, inside the retry loop
-            return response
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-                requests.exceptions.ContentDecodingError) as error:
+            # One read of the whole body (gzip undone): much cheaper than requests' 10 KB chunks.
+            body = response.raw.read(decode_content=True)
+            return Answer(response.status_code, response.reason or "", response.headers, body,
+                          len(retry.history) + 1)
+        except (HTTPError, OSError) as error:
             try:
-                retry = response.raw.retries.increment(
-                    method, url, error=ProtocolError(f"answer cut short: {describe_error(error)}"))
+                retry = retry.increment(method, url, error=ProtocolError(
+                    f"answer cut short: {describe_error(error)}"))
             except MaxRetryError:
                 raise ApiError(f"{what}: the connection broke while reading the answer, "
                                f"{RETRIES_PER_REQUEST + 1} times ({describe_error(error)})") from None
             retry.sleep()
+        finally:
+            response.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,8 +372,8 @@ def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> s
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def server_message(response: requests.Response, secret: str) -> str:
-    text = response.content.decode("utf-8", "replace")
+def server_message(answer: Answer, secret: str) -> str:
+    text = answer.body.decode("utf-8", "replace")
     try:  # JSON error bodies usually carry the words under one of these keys
         data = json.loads(text)
         if isinstance(data, dict):
@@ -372,25 +383,28 @@ def server_message(response: requests.Response, secret: str) -> str:
     return clean_text(text, secret=secret) or "(empty body)"
 
 
-def check_status(response: requests.Response, what: str, secret: str, not_found: str) -> None:
-    status = response.status_code
-    if 200 <= status < 300:
+def check_status(answer: Answer, what: str, secret: str, not_found: str) -> None:
+    if 200 <= answer.status < 300:
         return
-    words = f"{status} {response.reason or ''}".strip()
-    message = server_message(response, secret)
-    if status in (401, 403):
+    words = f"{answer.status} {answer.reason}".strip()
+    message = server_message(answer, secret)
+    if answer.status in (401, 403):
         raise ApiError(f"{what}: the API refused the key ({words}: {message}); check that "
                        "BRAINTRUST_API_KEY is a valid key of an organisation that can read it")
-    if status in (400, 404):
+    if answer.status in (400, 404):
         raise ApiError(f"{what}: {not_found} ({words}: {message})")
-    tries = len(response.raw.retries.history) + 1 if response.raw.retries else 1
-    raise ApiError(f"{what}: the API answered {words} after {tries} "
-                   f"{'try' if tries == 1 else 'tries'}: {message}")
+    tries = f"{answer.tries} {'try' if answer.tries == 1 else 'tries'}"
+    raise ApiError(f"{what}: the API answered {words} after {tries}: {message}")
 
 
-def read_json(response: requests.Response, what: str) -> Any:
+def first_bytes(answer: Answer) -> str:
+    kind = answer.headers.get("Content-Type") or "no content type"
+    return f"{kind}: {clean_text(answer.body[:200].decode('utf-8', 'replace'), limit=120)!r}"
+
+
+def read_json(answer: Answer, what: str) -> Any:
     """The body as JSON; a gzip body from an object store is unpacked first."""
-    body = response.content
+    body = answer.body
     if body[:2] == b"\x1f\x8b":
         try:
             body = gzip.decompress(body)
@@ -399,10 +413,8 @@ def read_json(response: requests.Response, what: str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        kind = response.headers.get("Content-Type") or "no content type"
-        first = clean_text(body[:200].decode("utf-8", "replace"), limit=120)
-        raise ApiError(f"{what}: the answer is not JSON ({response.status_code}, {kind}): "
-                       f"{first!r}; is the API URL right?") from None
+        raise ApiError(f"{what}: the answer is not JSON ({answer.status}, {first_bytes(answer)})"
+                       "; is the API URL right?") from None
 
 
 def resolve_experiment(session: requests.Session, settings: Settings, target: Target,
@@ -414,10 +426,10 @@ def resolve_experiment(session: requests.Session, settings: Settings, target: Ta
     if target.org:
         query["org_name"] = target.org
     what = f"looking up {where}"
-    response = send(session, "GET", f"{settings.api_url}/v1/experiment", what, settings,
-                    announce, params=query)
-    check_status(response, what, settings.key, "the API could not look it up; check the names")
-    data = read_json(response, what)
+    answer = send(session, "GET", f"{settings.api_url}/v1/experiment", what, settings,
+                  announce, params=query)
+    check_status(answer, what, settings.key, "the API could not look it up; check the names")
+    data = read_json(answer, what)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
         raise ApiError(f"{what}: the answer has no list of objects")
     found = [item for item in data["objects"] if isinstance(item, dict)
@@ -449,17 +461,16 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
         body: Dict[str, Any] = {"limit": limit}
         if cursor:
             body["cursor"] = cursor
-        response = send(session, "POST", url, what, settings, announce, json=body)
-        check_status(response, what, settings.key, f"experiment {experiment_id} was not found "
+        answer = send(session, "POST", url, what, settings, announce, json=body)
+        check_status(answer, what, settings.key, f"experiment {experiment_id} was not found "
                      "or is not readable with this key; check the id (copy it from the "
                      "experiment's page) and the organisation of the key")
-        data = read_json(response, what)
+        data = read_json(answer, what)
         if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-            kind = response.headers.get("Content-Type") or "no content type"
-            raise ApiError(f"{what}: the answer is JSON but not a page of events ({kind}): "
-                           f"{clean_text(response.text[:200], limit=120)!r}")
+            raise ApiError(f"{what}: the answer is JSON but not a page of events "
+                           f"({first_bytes(answer)})")
         # The body's cursor first; some deployments send it only as a header.
-        cursor = data.get("cursor") or response.headers.get("x-bt-cursor")
+        cursor = data.get("cursor") or answer.headers.get("x-bt-cursor")
         yield data["events"]
         if not data["events"] or not cursor:
             return
@@ -591,24 +602,31 @@ def records_from(latest: Dict[Any, tuple], edited_only: bool) -> Iterator[Dict[s
 # Output: JSON array or JSON lines, written only once every page has arrived
 # ---------------------------------------------------------------------------------------
 
-def encode(record: Dict[str, Any], **options: Any) -> bytes:
+# Built once: json.dumps with options would build a new encoder for every record.
+INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2)
+COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(record: Dict[str, Any], encoder: json.JSONEncoder) -> bytes:
     try:
-        return json.dumps(record, ensure_ascii=False, **options).encode("utf-8")
+        return encoder.encode(record).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from the API: keep it, as a \u escape
-        return json.dumps(record, ensure_ascii=True, **options).encode("ascii")
+        fallback = json.JSONEncoder(indent=encoder.indent, separators=(encoder.item_separator,
+                                                                       encoder.key_separator))
+        return fallback.encode(record).encode("ascii")
 
 
 def render(records: Iterable[Dict[str, Any]], output_format: str) -> Iterator[bytes]:
     """The output, record by record, so no second copy of it is built in memory."""
     if output_format == "jsonl":
         for record in records:
-            yield encode(record, separators=(",", ":")) + b"\n"
+            yield encode(record, COMPACT) + b"\n"
         return
     # The same bytes as json.dumps(records, indent=2): JSON strings hold no raw newline,
     # so indenting a record by two more spaces is a plain replace.
     opening = b"[\n  "
     for record in records:
-        yield opening + encode(record, indent=2).replace(b"\n", b"\n  ")
+        yield opening + encode(record, INDENTED).replace(b"\n", b"\n  ")
         opening = b",\n  "
     yield b"[]\n" if opening == b"[\n  " else b"\n]\n"
 
@@ -658,7 +676,10 @@ def write_stdout(chunks: Iterable[bytes]) -> None:
 # ---------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, settings: Settings, tell: Callable[[str], None],
-        progress: Callable[[str], None]) -> None:
+        progress: Optional[Callable[[str], None]]) -> None:
+    # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
+    # growing record table on every page it parses: reference counting frees everything.
+    gc.disable()
     announce = (lambda line: None) if args.quiet else tell
     session = open_session(settings)
     target = parse_target(args.experiment, args.project, args.org)
@@ -672,10 +693,13 @@ def run(args: argparse.Namespace, settings: Settings, tell: Callable[[str], None
     for page in fetch_pages(session, settings, experiment_id, args.limit, announce):
         absorb(latest, page)
         pages, events = pages + 1, events + len(page)
-        found = count_records(latest, args.edited_only)
-        progress(f"page {pages}: {len(page)} events ({events} in all), {found} records so far")
-        if args.max_results and found >= args.max_results:
-            break
+        if progress or args.max_results:
+            found = count_records(latest, args.edited_only)
+            if progress:
+                progress(f"page {pages}: {len(page)} events ({events} in all), "
+                         f"{found} records so far")
+            if args.max_results and found >= args.max_results:
+                break
     records = islice(records_from(latest, args.edited_only), args.max_results)
     chunks = render(records, args.format)
     if args.output:
@@ -698,14 +722,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parse_args(argv)
         settings = read_settings(args, dict(os.environ))
         secret = settings.key
-        def progress(line: str) -> None:
-            # A line per page with --verbose; on a terminal, one line that keeps updating.
-            if args.verbose:
-                tell(line)
-            elif stderr_is_tty and not args.quiet:
-                sys.stderr.write(f"\r\x1b[K{line}")
-                sys.stderr.flush()
+        def overwrite(line: str) -> None:
+            sys.stderr.write(f"\r\x1b[K{line}")
+            sys.stderr.flush()
 
+        # A line per page with --verbose; on a terminal, one line that keeps updating.
+        progress = tell if args.verbose else overwrite if stderr_is_tty and not args.quiet \
+            else None
         run(args, settings, tell, progress)
         if stderr_is_tty and not args.quiet and not args.verbose:
             sys.stderr.write("\r\x1b[K")

@@ -1,0 +1,186 @@
+"""Benchmark: the script against the cost of merely downloading the pages, and against the
+simplest script that does the job. Not collected by pytest; run it by hand:
+
+    python3 tests/benchmark.py                      # the issue's setting: 3,000 traces ...
+    python3 tests/benchmark.py --traces 300 --runs 3
+
+It starts the loopback fake API in this process with a synthetic experiment, then runs each
+client as a fresh child process and reads its wall time and peak RSS (`os.wait4`, as the OS
+reports it for that child alone):
+- floor: a minimal loop that POSTs each page with requests and parses it, keeping nothing;
+- naive: the same loop keeping every event, then building the records and printing them;
+- script (default json, and --format jsonl), writing to /dev/null.
+It prints the medians of several runs, the ratios script/floor (time) and script/naive
+(memory), and the requests and TCP connections of one script run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_api import API_KEY, Experiment, FakeBraintrust  # noqa: E402
+from traces import synthetic_experiment  # noqa: E402
+
+SCRIPT = (Path(__file__).resolve().parent.parent / ".claude" / "skills"
+          / "braintrust-fetch-experiment-results" / "scripts" / "fetch_experiment_results.py")
+EXPERIMENT_ID = "c0ffee00-5d7f-4e21-9c3a-8f1e2d3c4b5a"
+
+PAGING_LOOP = """
+import json, os, sys, requests
+url, limit = sys.argv[1], int(sys.argv[2])
+session = requests.Session()
+session.headers["Authorization"] = "Bearer " + os.environ["BRAINTRUST_API_KEY"]
+cursor = None
+while True:
+    body = {"limit": limit}
+    if cursor:
+        body["cursor"] = cursor
+    page = session.post(url, json=body).json()
+    KEEP
+    cursor = page.get("cursor")
+    if not page["events"] or not cursor:
+        break
+"""
+
+# The download alone: every page requested and parsed, nothing kept.
+FLOOR = PAGING_LOOP.replace("KEEP", "pass")
+
+# The simplest script that does the job: keep every event, then flatten.
+NAIVE = "events = []\n" + PAGING_LOOP.replace("KEEP", "events.extend(page['events'])") + """
+latest = {}
+for event in events:
+    known = latest.get(event["id"])
+    if known is None or int(event["_xact_id"]) > int(known["_xact_id"]):
+        latest[event["id"]] = event
+live = [e for e in latest.values() if not e.get("_object_delete")]
+scores = {}
+for e in live:
+    if (e.get("span_attributes") or {}).get("type") == "score":
+        scores.setdefault(e["root_span_id"], {}).update(e.get("scores") or {})
+records = []
+for e in live:
+    if e.get("is_root") or (e.get("is_root") is None and not e.get("span_parents")):
+        origin = e.get("origin") or {}
+        records.append({
+            "root_span_id": e["root_span_id"], "input": e.get("input"),
+            "output": e.get("output"), "expected": e.get("expected"),
+            "metadata": e.get("metadata") or {},
+            "scores": {**scores.get(e["root_span_id"], {}), **(e.get("scores") or {})},
+            "origin": {"dataset_id": origin.get("object_id"), "dataset_record_id": origin.get("id")}
+            if origin.get("object_type") == "dataset" else None})
+sys.stdout.write(json.dumps(records, indent=2, ensure_ascii=False) + "\\n")
+"""
+
+
+def start_fake(traces: int, spans: int, trace_bytes: int) -> FakeBraintrust:
+    fake = FakeBraintrust()
+    rows = synthetic_experiment(EXPERIMENT_ID, traces, spans, trace_bytes)
+    fake.add(Experiment(rows), EXPERIMENT_ID)
+    return fake
+
+
+def commands(fake: FakeBraintrust, page_size: int) -> Dict[str, List[str]]:
+    url = f"{fake.url}/v1/experiment/{EXPERIMENT_ID}/fetch"
+    script = [sys.executable, str(SCRIPT), EXPERIMENT_ID, "--limit", str(page_size)]
+    return {
+        "floor": [sys.executable, "-c", FLOOR, url, str(page_size)],
+        "naive": [sys.executable, "-c", NAIVE, url, str(page_size)],
+        "script": script,
+        "script --format jsonl": script + ["--format", "jsonl"],
+    }
+
+
+# A child's peak RSS counts the memory of whatever forked it (the kernel keeps the high-water
+# mark across exec), and this process holds the fake's data. So each client is started by a
+# small launcher, a bare interpreter far lighter than any client, which times it and reads
+# its peak RSS from wait4.
+LAUNCHER = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+elapsed = time.perf_counter() - started
+sys.stderr.write("\\nmeasured %d %f %d\\n" % (os.waitstatus_to_exitcode(status), elapsed, usage.ru_maxrss))
+"""
+
+
+def measure(command: List[str], env: Dict[str, str], stdout_path: str = os.devnull
+            ) -> Tuple[float, int]:
+    """Wall seconds and peak RSS in KiB of one client process."""
+    with open(stdout_path, "wb") as stdout:
+        done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *command], env=env,
+                              stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              cwd=Path(__file__).parent)
+    code, seconds, peak_kib = done.stderr.decode().split()[-3:]
+    if int(code) != 0:
+        raise RuntimeError(f"{command[:3]} exited {code}: {done.stderr.decode()[-500:]}")
+    return float(seconds), int(peak_kib)
+
+
+def client_env(fake: FakeBraintrust) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINTRUST_")}
+    env.update(BRAINTRUST_API_KEY=API_KEY, BRAINTRUST_API_URL=fake.url)
+    return env
+
+
+def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, runs: int,
+                  out=sys.stdout) -> Dict[str, Dict[str, float]]:
+    fake = start_fake(traces, spans, trace_bytes)
+    try:
+        env = client_env(fake)
+        clients = commands(fake, page_size)
+        measure(clients["floor"], env)  # warm the fake's page cache and the OS file cache
+        samples: Dict[str, List[Tuple[float, int]]] = {name: [] for name in clients}
+        for _ in range(runs):  # interleaved, so drift hits every client alike
+            for name, command in clients.items():
+                samples[name].append(measure(command, env))
+        fake.reset()
+        measure(clients["script"], env)
+        requests_made, connections = len(fake.requests), fake.connections
+        fake.reset()
+        measure(clients["script"] + ["--max-results", "10"], env)
+        requests_for_ten = len(fake.requests)
+        pages = sum(1 for _ in range(0, traces, page_size))
+    finally:
+        fake.close()
+    table = {name: {"seconds": statistics.median(s for s, _ in got),
+                    "peak_mib": statistics.median(kib for _, kib in got) / 1024}
+             for name, got in samples.items()}
+    floor, naive = table["floor"], table["naive"]
+    print(f"{traces} traces x {spans} spans, ~{trace_bytes} B per trace, page size {page_size}, "
+          f"median of {runs} runs; Python {platform.python_version()}, "
+          f"{platform.machine()}, {os.cpu_count()} cores", file=out)
+    print(f"| client | wall time (s) | x floor | peak RSS (MiB) | x naive |", file=out)
+    print(f"| --- | ---: | ---: | ---: | ---: |", file=out)
+    for name, row in table.items():
+        print(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / floor['seconds']:.2f} | "
+              f"{row['peak_mib']:.1f} | {row['peak_mib'] / naive['peak_mib']:.2f} |", file=out)
+    print(f"requests: {requests_made} for {pages} pages; TCP connections: {connections}; "
+          f"--max-results 10: {requests_for_ten} request(s)", file=out)
+    table["counts"] = {"requests": requests_made, "pages": pages, "connections": connections,
+                       "requests_for_ten": requests_for_ten}
+    return table
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--traces", type=int, default=3000)
+    parser.add_argument("--spans", type=int, default=5, help="spans per trace")
+    parser.add_argument("--trace-bytes", type=int, default=12_000, help="payload per trace")
+    parser.add_argument("--page-size", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    run_benchmark(args.traces, args.spans, args.trace_bytes, args.page_size, args.runs)
+
+
+if __name__ == "__main__":
+    main()

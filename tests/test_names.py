@@ -1,0 +1,127 @@
+"""End to end: naming the experiment by web-app link or by names (issue 5)."""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+import experiments
+from conftest import ODD_NAME, ODD_PROJECT
+
+
+def rich_records(catalog):
+    return [experiments.expected_record(catalog.rich_cases, n) for n in experiments.RICH_ORDER]
+
+
+def lookups(api):
+    return [r for r in api.requests if r.method == "GET" and r.path == "/v1/experiment"]
+
+
+def link(org, project, experiment, host="https://www.braintrust.dev"):
+    return f"{host}/app/{quote(org, safe='')}/p/{quote(project, safe='')}/experiments/" \
+           f"{quote(experiment, safe='')}"
+
+
+# -- accepted forms -------------------------------------------------------------------------
+
+def test_an_id_needs_no_lookup(run, api, catalog):
+    assert run(catalog.rich).code == 0
+    assert lookups(api) == [] and api.requests[0].path.endswith("/fetch")
+
+
+def test_a_name_with_project_and_org_is_looked_up_then_fetched(run, api, catalog):
+    result = run("baseline run", "--project", "support bot", "--org", "acme")
+    assert result.json() == rich_records(catalog)
+    assert len(lookups(api)) == 1 and api.requests[0] is lookups(api)[0]
+    assert lookups(api)[0].query == {"project_name": ["support bot"],
+                                     "experiment_name": ["baseline run"], "org_name": ["acme"]}
+    assert api.requests[1].path == f"/v1/experiment/{catalog.rich}/fetch"
+
+
+def test_a_name_unique_without_org_needs_no_org(run, api, catalog):
+    result = run(ODD_NAME, "--project", ODD_PROJECT)
+    assert result.code == 0, result.stderr
+    assert "org_name" not in lookups(api)[0].query
+    assert api.requests[1].path == f"/v1/experiment/{catalog.odd_names}/fetch"
+
+
+def test_names_with_spaces_slashes_ampersands_hashes_and_unicode_reach_the_api_intact(
+        run, api, catalog):
+    assert run(ODD_NAME, "--project", ODD_PROJECT, "--org", "org").code == 0
+    assert lookups(api)[0].query == {"project_name": [ODD_PROJECT],
+                                     "experiment_name": [ODD_NAME], "org_name": ["org"]}
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "?r=abc&s=def", "#row-3", "/?c=x#y"])
+def test_a_web_app_link_is_resolved_with_its_names(run, api, catalog, suffix):
+    result = run(link("acme", "support bot", "baseline run") + suffix)
+    assert result.json() == rich_records(catalog)
+    assert lookups(api)[0].query == {"project_name": ["support bot"],
+                                     "experiment_name": ["baseline run"], "org_name": ["acme"]}
+
+
+def test_a_link_from_any_app_host_is_accepted(run, api, catalog):
+    odd = link("org", ODD_PROJECT, ODD_NAME, host="http://braintrust.internal.example:3000")
+    assert run(odd).code == 0
+    assert api.requests[1].path == f"/v1/experiment/{catalog.odd_names}/fetch"
+
+
+def test_verbose_says_which_id_a_name_resolved_to(run, catalog):
+    result = run("baseline run", "--project", "support bot", "--org", "acme", "--verbose")
+    assert catalog.rich in result.stderr.splitlines()[0]
+
+
+def test_the_lookup_is_retried_like_a_page(run, api, catalog):
+    api.faults[1] = {"status": 503, "headers": {"Retry-After": "0"}}
+    result = run("baseline run", "--project", "support bot", "--org", "acme")
+    assert result.json() == rich_records(catalog)
+    assert "looking up" in result.stderr and "retrying" in result.stderr
+
+
+# -- refused --------------------------------------------------------------------------------
+
+def test_no_match_exits_1_saying_what_was_looked_for(run, api, catalog):
+    result = run("nightly", "--project", "support bot", "--org", "acme")
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert "'nightly'" in result.stderr and "'support bot'" in result.stderr \
+        and "'acme'" in result.stderr
+
+
+def test_several_matches_exit_1_listing_the_candidates_and_how_to_choose(run, api, catalog):
+    result = run("baseline run", "--project", "support bot")
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert catalog.rich in result.stderr and catalog.same_names_other_org in result.stderr
+    assert "--org" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_refused_key_during_the_lookup_exits_1(run, api, env, catalog):
+    result = run("baseline run", "--project", "support bot",
+                 env=dict(env, BRAINTRUST_API_KEY="sk-other"))
+    assert (result.code, len(api.requests)) == (1, 1)
+    assert "401" in result.stderr
+
+
+def test_a_name_without_project_is_a_usage_error_with_no_request(run, api):
+    result = run("baseline run")
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "--project" in result.stderr
+
+
+@pytest.mark.parametrize("bad_link", [
+    "https://www.braintrust.dev/app/acme/p/support%20bot",
+    "https://www.braintrust.dev/app/acme/p/support%20bot/experiments/",
+    "https://www.braintrust.dev/app/acme/p/support%20bot/datasets/golden",
+    "https://www.braintrust.dev/app/acme/p/%20/experiments/x",
+])
+def test_a_link_that_is_not_an_experiment_link_is_a_usage_error(run, api, bad_link):
+    result = run(bad_link)
+    assert (result.code, api.requests) == (2, [])
+    assert "not an experiment link" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--project", "support bot"], ["--org", "acme"]])
+def test_project_or_org_with_an_id_or_a_link_is_a_usage_error(run, api, catalog, args):
+    assert run(catalog.rich, *args).code == 2
+    assert run(link("acme", "support bot", "baseline run"), *args).code == 2
+    assert api.requests == []
