@@ -167,6 +167,31 @@ def test_output_replaces_an_existing_file_when_the_run_succeeds(run, catalog, tm
     assert len(target.read_text().splitlines()) == len(experiments.RICH_ORDER)
 
 
+@pytest.mark.parametrize("where", ["missing/results.json", "."])
+def test_an_output_that_cannot_be_written_is_refused_before_any_request(run, api, catalog,
+                                                                        tmp_path, where):
+    result = run(catalog.rich, "--output", str(tmp_path / where))
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "--output" in result.stderr
+
+
+def test_an_output_file_keeps_the_permissions_of_the_file_it_replaces(run, catalog, tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    target.chmod(0o640)
+    assert run(catalog.rich, "--output", str(target)).code == 0
+    assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_full_disk_on_stdout_exits_1_with_one_line(env, catalog, tmp_path):
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, str(SCRIPT), catalog.rich], env=env,
+                              cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        "fetch_experiment_results.py: error: No space left on device"]
+
+
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
 @pytest.mark.parametrize("fmt, program, want", [("json", "length", "24"),
                                                  ("json", ".[0].origin.dataset_id",
@@ -275,8 +300,9 @@ def test_a_successful_run_prints_nothing_on_stderr(run, catalog):
 def test_verbose_prints_a_line_per_page(run, api, catalog):
     result = run(catalog.rich, "--limit", "10", "--verbose")
     lines = result.stderr.splitlines()
-    assert len(lines) == len(api.fetches())
+    assert len(lines) == len(api.fetches()) + 1
     assert lines[0].startswith("page 1: ")
+    assert lines[-1] == f"24 records from {len(api.fetches())} pages (118 events)"
 
 
 def test_quiet_and_verbose_cannot_be_combined(run, api, catalog):
@@ -327,7 +353,7 @@ def test_a_terminal_on_stderr_gets_a_progress_line_and_stdout_only_the_data(env,
         shown += chunk
     os.close(leader)
     assert done.returncode == 0
-    assert b"page 1: " in shown and b"24 records so far" in shown
+    assert b"page 1: " in shown and b"24 records from" in shown
     assert API_KEY.encode() not in shown
     assert len(json.loads(done.stdout)) == 24
 

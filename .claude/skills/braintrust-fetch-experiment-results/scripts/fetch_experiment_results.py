@@ -18,6 +18,7 @@ import gzip
 import ipaddress
 import json
 import os
+import random
 import re
 import sys
 import tempfile
@@ -156,7 +157,19 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if not 0 < read_timeout < float("inf"):
         raise UsageError(f"BRAINTRUST_HTTP_TIMEOUT must be a number of seconds above 0, "
                          f"got {timeout_text!r}")
+    if args.output:
+        check_writable(args.output)
     return Settings(key, api_url, read_timeout)
+
+
+def check_writable(path: str) -> None:
+    """Refuse an --output the run could not write, before spending any request on it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path!r} is a folder: name a file")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {path!r}: cannot create files in {folder!r} (missing, "
+                         "or no permission)")
 
 
 def is_loopback(host: str) -> bool:
@@ -244,7 +257,8 @@ class AnnouncedRetry(Retry):
         return super().new(**kwargs)
 
     def sleep(self, response: Any = None) -> None:
-        wait = self.get_backoff_time()
+        # urllib3 makes the first retry at once; a rate-limited API deserves a pause.
+        wait = self.get_backoff_time() or self.backoff_factor + random.random() * self.backoff_jitter
         if response is not None and response.headers.get("Retry-After"):
             try:
                 wait = min(self.parse_retry_after(response.headers["Retry-After"]),
@@ -268,7 +282,7 @@ def retry_policy(what: str, announce: Callable[[str], None]) -> AnnouncedRetry:
         total=RETRIES_PER_REQUEST,
         status_forcelist=RETRIED_STATUSES,
         allowed_methods=None,  # POST too: the fetch only reads
-        backoff_factor=0.5,  # then 1, 2, 4 ... s, plus up to 0.5 s of jitter
+        backoff_factor=0.5,  # 0.5 s, then 1, 2, 4, 8 s, each plus up to 0.5 s of jitter
         backoff_jitter=0.5,
         backoff_max=30.0,
         raise_on_status=False,  # hand back the last answer so its message can be shown
@@ -297,13 +311,20 @@ def open_session(settings: Settings) -> requests.Session:
 
 
 def describe_error(error: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error, in one short line."""
-    while True:
-        inner = getattr(error, "reason", None) or (error.args[0] if error.args else None)
+    """The innermost reason of a requests/urllib3 error, in one short line
+    ("Connection refused", "timed out"), not the chain of wrappers around it."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in error.args if isinstance(arg, BaseException)),
+                         error.__cause__)
         if not isinstance(inner, BaseException):
             break
         error = inner
-    return clean_text(str(error) or type(error).__name__, limit=160)
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return clean_text(text or type(error).__name__, limit=160)
 
 
 class Answer(NamedTuple):
@@ -365,7 +386,7 @@ def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> s
     one line, trimmed; the key, should a server echo it, replaced."""
     if secret:
         text = text.replace(secret, "[redacted]")
-    text = CONTROL_OR_ESCAPE.sub("", text)
+    text = CONTROL_OR_ESCAPE.sub("", text[: limit * 4])  # a body may be megabytes of HTML
     text = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
                    for char in text)
     text = " ".join(text.split())
@@ -636,18 +657,13 @@ def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
     interrupted run leaves an existing file as it was, and no temporary file behind."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        mode = os.stat(path).st_mode & 0o777
+        mode = os.stat(path).st_mode & 0o777  # a replaced file keeps its permissions
     except FileNotFoundError:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    except OSError as error:
-        raise UsageError(f"cannot write {path}: {error.strerror}") from None
-    try:
-        handle = tempfile.NamedTemporaryFile(
-            "wb", dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp", delete=False)
-    except OSError as error:
-        raise UsageError(f"cannot write in {folder}: {error.strerror}") from None
+    handle = tempfile.NamedTemporaryFile(
+        "wb", dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp", delete=False)
     try:
         with handle:
             for chunk in chunks:
@@ -675,21 +691,20 @@ def write_stdout(chunks: Iterable[bytes]) -> None:
 # main
 # ---------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace, settings: Settings, tell: Callable[[str], None],
-        progress: Optional[Callable[[str], None]]) -> None:
+def run(args: argparse.Namespace, target: Target, settings: Settings,
+        tell: Callable[[str], None], progress: Optional[Callable[[str], None]]) -> None:
     # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
     # growing record table on every page it parses: reference counting frees everything.
     gc.disable()
     announce = (lambda line: None) if args.quiet else tell
     session = open_session(settings)
-    target = parse_target(args.experiment, args.project, args.org)
     experiment_id = target.id
     if experiment_id is None:
         experiment_id = resolve_experiment(session, settings, target, announce)
         if args.verbose:
             tell(f"{target.name!r} in project {target.project!r} is experiment {experiment_id}")
     latest: Dict[Any, tuple] = {}
-    events = pages = 0
+    events = pages = found = 0
     for page in fetch_pages(session, settings, experiment_id, args.limit, announce):
         absorb(latest, page)
         pages, events = pages + 1, events + len(page)
@@ -700,6 +715,9 @@ def run(args: argparse.Namespace, settings: Settings, tell: Callable[[str], None
                          f"{found} records so far")
             if args.max_results and found >= args.max_results:
                 break
+    if progress:
+        progress(f"{min(found, args.max_results or found)} records from {pages} pages "
+                 f"({events} events)")
     records = islice(records_from(latest, args.edited_only), args.max_results)
     chunks = render(records, args.format)
     if args.output:
@@ -720,8 +738,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         args = parse_args(argv)
+        target = parse_target(args.experiment, args.project, args.org)
         settings = read_settings(args, dict(os.environ))
         secret = settings.key
+
         def overwrite(line: str) -> None:
             sys.stderr.write(f"\r\x1b[K{line}")
             sys.stderr.flush()
@@ -729,9 +749,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A line per page with --verbose; on a terminal, one line that keeps updating.
         progress = tell if args.verbose else overwrite if stderr_is_tty and not args.quiet \
             else None
-        run(args, settings, tell, progress)
-        if stderr_is_tty and not args.quiet and not args.verbose:
-            sys.stderr.write("\r\x1b[K")
+        run(args, target, settings, tell, progress)
+        if progress is overwrite:
+            sys.stderr.write("\n")  # keep the last progress line: it sums the run up
         return EXIT_OK
     except UsageError as error:
         tell(f"{PROG}: error: {error}")
@@ -746,6 +766,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The reader went away (| head): not an error of ours; silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as error:  # writing the output failed: disk full, permissions...
+        where = f" ({error.filename})" if error.filename else ""
+        tell(f"{PROG}: error: {error.strerror or error}{where}")
+        return EXIT_API
+    except Exception as error:  # a bug of ours: still one line, and never the key
+        tell(f"{PROG}: error: unexpected {type(error).__name__}: {clean_text(str(error))}; "
+             "please report this with the command you ran")
+        return EXIT_API
 
 
 if __name__ == "__main__":
