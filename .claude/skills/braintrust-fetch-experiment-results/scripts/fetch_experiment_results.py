@@ -27,7 +27,8 @@ import unicodedata
 import urllib.parse
 import uuid
 from itertools import islice
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Union)
 
 import requests
 from dotenv import dotenv_values, find_dotenv
@@ -562,7 +563,7 @@ def score_dict(scores: Any) -> Dict[str, Any]:
     return scores if isinstance(scores, dict) else {}
 
 
-def essentials(event: Dict[str, Any]) -> Optional[Any]:
+def essentials(event: Dict[str, Any]) -> Union[RootPart, ScorePart, None]:
     """The part of one event version that records need; None for deletions and for spans
     that no record shows (task, llm, tool, review...), so the rest of the event can be freed."""
     if event.get("_object_delete") is True:
