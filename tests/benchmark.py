@@ -16,6 +16,7 @@ It prints the medians of several runs, the ratios script/floor (time) and script
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -135,6 +136,7 @@ def client_env(fake: FakeBraintrust) -> Dict[str, str]:
 def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, runs: int,
                   out=sys.stdout) -> Dict[str, Dict[str, float]]:
     fake = start_fake(traces, spans, trace_bytes)
+    served_bytes = len(json.dumps(fake.experiments[EXPERIMENT_ID].rows))
     try:
         env = client_env(fake)
         clients = commands(fake, page_size)
@@ -156,7 +158,8 @@ def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, run
                     "peak_mib": statistics.median(kib for _, kib in got) / 1024}
              for name, got in samples.items()}
     floor, naive = table["floor"], table["naive"]
-    print(f"{traces} traces x {spans} spans, ~{trace_bytes} B per trace, page size {page_size}, "
+    print(f"{traces} traces x {spans} spans, {served_bytes / traces / 1000:.1f} KB of JSON per "
+          f"trace ({served_bytes / 1e6:.0f} MB in all), page size {page_size}, "
           f"median of {runs} runs; Python {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} cores", file=out)
     print(f"| client | wall time (s) | x floor | peak RSS (MiB) | x naive |", file=out)

@@ -79,6 +79,14 @@ def test_a_deleted_score_span_no_longer_counts():
     assert records(page)[0]["scores"] == {"Accuracy": 1.0}
 
 
+def test_spans_no_record_shows_are_not_remembered_but_deletions_are():
+    task = event("k", 5, is_root=False, span_parents=["r"], span_attributes={"type": "task"})
+    tombstone = {"id": "gone", "_xact_id": "9", "_object_delete": True, "root_span_id": "t1"}
+    latest = {}
+    script.absorb(latest, [root(), task, score("s", 6, Accuracy=1.0), tombstone])
+    assert sorted(latest) == ["gone", "r", "s"]
+
+
 def test_records_come_in_the_order_the_roots_first_arrive():
     a, b = root("a", 30, "ta"), root("b", 20, "tb")
     a_older = root("a", 10, "ta")

@@ -72,7 +72,8 @@ def eval_trace(ids: Ids, experiment_id: str, *, input: Any, output: Any, expecte
                root_scores: Optional[Dict[str, Optional[float]]] = None,
                dataset_record_id: Optional[str] = None, origin: Any = None,
                otel: bool = False, legacy: bool = False, review: bool = False,
-               prompt_padding: str = "", with_root: bool = True) -> List[Dict[str, Any]]:
+               prompt_padding: str = "", with_root: bool = True,
+               tool_calls: int = 0) -> List[Dict[str, Any]]:
     """The rows of one eval test case, oldest first."""
     if otel:  # OpenTelemetry ids: a root's span_id (16 hex) differs from its trace id (32 hex)
         trace_id, root_id = ids.hex(32), ids.hex(16)
@@ -99,6 +100,11 @@ def eval_trace(ids: Ids, experiment_id: str, *, input: Any, output: Any, expecte
                      metadata={"model": "gpt-4o-mini", "temperature": 0},
                      metrics={"prompt_tokens": 120, "completion_tokens": 9, "tokens": 129},
                      **common))
+    for call in range(tool_calls):  # an agent's steps: spans no record shows
+        rows.append(_row(ids, experiment_id, span_id=new_span(), parents=[task_id],
+                         span_type="tool", name=f"search_{call}",
+                         input={"query": f"step {call}"},
+                         output={"hits": [f"document {call}"]}, **common))
     for name, value in scores.items():
         score = _row(ids, experiment_id, span_id=new_span(), parents=[root_id],
                      span_type="score", name=name, input={"output": output,
@@ -146,10 +152,12 @@ def deleted(ids: Ids, row: Dict[str, Any]) -> Dict[str, Any]:
 
 def synthetic_experiment(experiment_id: str, traces: int, spans_per_trace: int = 5,
                          trace_bytes: int = 12_000, seed: int = 1) -> List[Dict[str, Any]]:
-    """Many plain eval cases for benchmarks: root, task, llm and score spans, about
-    `trace_bytes` of JSON per trace, most of it in child spans as long LLM prompts put it."""
+    """Many plain eval cases for benchmarks: root, task, llm, up to two score spans, then
+    tool spans for the rest, about `trace_bytes` of JSON per trace, most of it in child
+    spans as long LLM prompts put it."""
     ids = Ids(seed)
-    scorers = max(1, spans_per_trace - 3)
+    scorers = max(1, min(2, spans_per_trace - 3))
+    tool_calls = max(0, spans_per_trace - 3 - scorers)
 
     def case(number: int, pad: str) -> List[Dict[str, Any]]:
         # The padding shows five times: root, task and llm inputs, and twice in the prompt.
@@ -157,7 +165,7 @@ def synthetic_experiment(experiment_id: str, traces: int, spans_per_trace: int =
             ids, experiment_id, input=f"Question {number}: {pad}",
             output={"answer": f"Answer {number}"}, expected={"answer": f"Answer {number}"},
             metadata={"case": number}, scores={f"Scorer {n}": 1.0 for n in range(scorers)},
-            dataset_record_id=ids.uuid(), prompt_padding=pad * 2)
+            dataset_record_id=ids.uuid(), prompt_padding=pad * 2, tool_calls=tool_calls)
 
     bare = len(json.dumps(case(0, "")))
     pad = "x" * max(0, (trace_bytes - bare) // 5)

@@ -588,15 +588,20 @@ def essentials(event: Dict[str, Any]) -> Union[RootPart, ScorePart, None]:
 
 def absorb(latest: Dict[Any, tuple], events: Iterable[Any]) -> None:
     """Fold a page into `latest`: event id -> (version, essentials) of its newest version.
-    Pages run over the whole version history, so an id may come again, older or newer."""
+    Pages run over the whole version history, so an id may come again, older or newer.
+    Spans that no record shows are not remembered (every version of a task or llm span is
+    one), so the table grows with the records, not with the events; deletions are."""
     for event in events:
         if not isinstance(event, dict):
+            continue
+        part = essentials(event)
+        if part is None and event.get("_object_delete") is not True:
             continue
         key = event.get("id") or (event.get("root_span_id"), event.get("span_id"))
         version = xact_number(event)
         known = latest.get(key)
         if known is None or version > known[0]:
-            latest[key] = (version, essentials(event))
+            latest[key] = (version, part)
 
 
 def count_records(latest: Dict[Any, tuple], edited_only: bool) -> int:
