@@ -100,7 +100,7 @@ def catalog(fake) -> Catalog:
     rich_cases = experiments.rich(rich_id)
     fake.add(Experiment(experiments.rows_of(rich_cases), name="baseline run",
                         project="support bot", org="acme"), rich_id)
-    return Catalog(
+    catalog = Catalog(
         rich=rich_id,
         rich_cases=rich_cases,
         header_cursor=add("1b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="header",
@@ -120,6 +120,14 @@ def catalog(fake) -> Catalog:
         odd_names=small("8b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name=ODD_NAME,
                         project=ODD_PROJECT, org="org"),
     )
+    # Near misses that an exact lookup of "baseline run" in "support bot" of acme must skip.
+    small("9b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="Baseline Run", project="support bot",
+          org="acme")
+    small("ab6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="baseline run", project="support bot 2",
+          org="acme")
+    small("bb6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="baseline run 2", project="support bot",
+          org="acme")
+    return catalog
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_a_full_disk_on_stdout_exits_1_with_one_line(env, catalog, tmp_path):
     with open("/dev/full", "wb") as full:
         done = subprocess.run([sys.executable, str(SCRIPT), catalog.rich], env=env,
                               cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 1 and API_KEY.encode() not in done.stderr
     assert done.stderr.decode().splitlines() == [
         "fetch_experiment_results.py: error: No space left on device"]
 
@@ -303,6 +303,12 @@ def test_verbose_prints_a_line_per_page(run, api, catalog):
     assert len(lines) == len(api.fetches()) + 1
     assert lines[0].startswith("page 1: ")
     assert lines[-1] == f"24 records from {len(api.fetches())} pages (118 events)"
+
+
+def test_an_abbreviated_flag_is_not_taken_for_another(run, api, catalog):
+    result = run(catalog.rich, "--max", "3")
+    assert (result.code, api.requests) == (2, [])
+    assert "--max" in result.stderr
 
 
 def test_quiet_and_verbose_cannot_be_combined(run, api, catalog):

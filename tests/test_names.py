@@ -1,6 +1,7 @@
 """End to end: naming the experiment by web-app link or by names (issue 5)."""
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 import pytest
@@ -35,6 +36,24 @@ def test_a_name_with_project_and_org_is_looked_up_then_fetched(run, api, catalog
     assert len(lookups(api)) == 1 and api.requests[0] is lookups(api)[0]
     assert lookups(api)[0].query == {"project_name": ["support bot"],
                                      "experiment_name": ["baseline run"], "org_name": ["acme"]}
+    assert api.requests[1].path == f"/v1/experiment/{catalog.rich}/fetch"
+
+
+def test_a_lookup_keeps_only_the_exact_live_name_whatever_the_server_matched(run, api,
+                                                                            catalog):
+    # A server that matched loosely (case, prefix) or still lists a deleted experiment.
+    def experiment(id, name, deleted_at=None):
+        return {"id": id, "name": name, "project_id": "p", "public": False,
+                "created": "2026-11-01T00:00:00Z", "deleted_at": deleted_at}
+    objects = [experiment("9b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", "Baseline Run"),
+               experiment("bb6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", "baseline run 2"),
+               experiment("ab6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", "baseline run",
+                          deleted_at="2026-11-02T00:00:00Z"),
+               experiment(catalog.rich, "baseline run")]
+    api.faults[1] = {"status": 200, "body": json.dumps({"objects": objects}),
+                     "content_type": "application/json"}
+    result = run("baseline run", "--project", "support bot", "--org", "acme")
+    assert result.json() == rich_records(catalog)
     assert api.requests[1].path == f"/v1/experiment/{catalog.rich}/fetch"
 
 

@@ -57,7 +57,8 @@ def test_retry_after_is_capped_at_a_minute(api, env, catalog, tmp_path):
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first_line = process.stderr.readline().decode()
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=20)
+    stdout, rest = process.communicate(timeout=20)
+    assert API_KEY.encode() not in stdout + first_line.encode() + rest
     assert first_line == "page 1: the API answered 503; retrying in 60.0 s (attempt 2 of 6)\n"
     assert process.returncode == 130
 

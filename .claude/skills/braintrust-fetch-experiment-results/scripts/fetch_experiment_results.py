@@ -88,6 +88,7 @@ def page_size(text: str) -> int:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = Parser(
         prog=PROG,
+        allow_abbrev=False,  # a typo must not silently become another flag
         description="Fetch every result of a Braintrust experiment as flat JSON records, "
         "one per test case (its root span), on stdout.",
         epilog="EXPERIMENT is one of: an experiment id (a UUID); an experiment link from the "
