@@ -260,7 +260,8 @@ class AnnouncedRetry(Retry):
 
     def sleep(self, response: Any = None) -> None:
         # urllib3 makes the first retry at once; a rate-limited API deserves a pause.
-        wait = self.get_backoff_time() or self.backoff_factor + random.random() * self.backoff_jitter
+        wait = (self.get_backoff_time()
+                or self.backoff_factor + random.random() * self.backoff_jitter)
         if response is not None and response.headers.get("Retry-After"):
             try:
                 wait = min(self.parse_retry_after(response.headers["Retry-After"]),
@@ -754,8 +755,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             sys.stderr.flush()
 
         # A line per page with --verbose; on a terminal, one line that keeps updating.
-        progress = tell if args.verbose else overwrite if stderr_is_tty and not args.quiet \
-            else None
+        progress: Optional[Callable[[str], None]] = None
+        if args.verbose:
+            progress = tell
+        elif stderr_is_tty and not args.quiet:
+            progress = overwrite
         run(args, target, settings, tell, progress)
         if progress is overwrite:
             sys.stderr.write("\n")  # keep the last progress line: it sums the run up
