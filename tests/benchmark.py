@@ -9,13 +9,16 @@ client as a fresh child process and reads its wall time and peak RSS (`os.wait4`
 reports it for that child alone):
 - floor: a minimal loop that POSTs each page with requests and parses it, keeping nothing;
 - naive: the same loop keeping every event, then building the records and printing them;
-- script (default json, and --format jsonl), writing to /dev/null.
+- script (default json, and --format jsonl), writing to /dev/null;
+- script --include all (every extra field, metrics added up over every span), and
+  script --baseline with a baseline experiment as large as the main one (both fetched).
 It prints the medians of several runs, the ratios script/floor (time) and script/naive
 (memory), and the requests and TCP connections of one script run.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -34,6 +37,7 @@ from traces import synthetic_experiment  # noqa: E402
 SCRIPT = (Path(__file__).resolve().parent.parent / ".claude" / "skills"
           / "braintrust-fetch-experiment-results" / "scripts" / "fetch_experiment_results.py")
 EXPERIMENT_ID = "c0ffee00-5d7f-4e21-9c3a-8f1e2d3c4b5a"
+BASELINE_ID = "c0ffee01-5d7f-4e21-9c3a-8f1e2d3c4b5a"  # as large, another run of the cases
 
 PAGING_LOOP = """
 import json, os, sys, requests
@@ -86,6 +90,11 @@ def start_fake(traces: int, spans: int, trace_bytes: int) -> FakeBraintrust:
     fake = FakeBraintrust()
     rows = synthetic_experiment(EXPERIMENT_ID, traces, spans, trace_bytes)
     fake.add(Experiment(rows), EXPERIMENT_ID)
+    baseline = synthetic_experiment(BASELINE_ID, traces, spans, trace_bytes)  # same cases
+    fake.add(Experiment(baseline), BASELINE_ID)
+    # The fake's millions of row objects live as long as it does: kept out of the garbage
+    # collector's passes, so its server threads answer at the same pace whatever they hold.
+    gc.freeze()
     return fake
 
 
@@ -97,6 +106,8 @@ def commands(fake: FakeBraintrust, page_size: int) -> Dict[str, List[str]]:
         "naive": [sys.executable, "-c", NAIVE, url, str(page_size)],
         "script": script,
         "script --format jsonl": script + ["--format", "jsonl"],
+        "script --include all": script + ["--include", "all"],
+        "script --baseline": script + ["--baseline", BASELINE_ID],
     }
 
 
@@ -136,7 +147,7 @@ def client_env(fake: FakeBraintrust) -> Dict[str, str]:
 def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, runs: int,
                   out=sys.stdout) -> Dict[str, Dict[str, float]]:
     fake = start_fake(traces, spans, trace_bytes)
-    served_bytes = len(json.dumps(fake.experiments[EXPERIMENT_ID].rows))
+    served_bytes = len(json.dumps(fake.experiments[EXPERIMENT_ID].rows))  # one experiment
     try:
         env = client_env(fake)
         clients = commands(fake, page_size)

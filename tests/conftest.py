@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import experiments  # noqa: E402
 import traces  # noqa: E402
-from fake_api import API_KEY, Experiment, FakeBraintrust  # noqa: E402
+from fake_api import API_KEY, OTHER_KEYS, Experiment, FakeBraintrust  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SKILL = ROOT / ".claude" / "skills" / "braintrust-fetch-experiment-results"
@@ -50,15 +50,20 @@ def clean_env(**overrides: Optional[str]) -> Dict[str, str]:
     return env
 
 
-def run_script(*args: str, env: Dict[str, str], cwd: Path, timeout: float = 60,
-               secret: str = API_KEY) -> Result:
-    """Run the script as a user would, and check the key shows nowhere in what it printed."""
+def assert_no_key(*printed: bytes, env: Optional[Dict[str, str]] = None) -> None:
+    """No key a test uses (the fake's, the others, the one in `env`) is in what was printed."""
+    keys = {API_KEY, *OTHER_KEYS, (env or {}).get("BRAINTRUST_API_KEY") or API_KEY}
+    for output in printed:
+        for key in keys:
+            assert key.encode() not in output, f"a key leaked: {key[:8]}..."
+
+
+def run_script(*args: str, env: Dict[str, str], cwd: Path, timeout: float = 60) -> Result:
+    """Run the script as a user would, and check no key shows in what it printed."""
     done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    stderr = done.stderr.decode("utf-8", "replace")
-    assert secret.encode() not in done.stdout, "the API key leaked to stdout"
-    assert secret not in stderr, "the API key leaked to stderr"
-    return Result(done.returncode, done.stdout, stderr)
+    assert_no_key(done.stdout, done.stderr, env=env)
+    return Result(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))
 
 
 ODD_NAME = "café 🚀 / run #1 & more+"
@@ -77,6 +82,19 @@ class Catalog(NamedTuple):
     many: str  # 200 small traces: many pages with a small --limit
     same_names_other_org: str  # "baseline run" in "support bot", like `rich`, in another org
     odd_names: str  # names with spaces, '/', '&', '#' and unicode
+    # Behind a 303, the cursor only in: x-bt-cursor on the 303; x-bt-cursor, or
+    # x-amz-meta-bt_cursor, on the object store's answer.
+    redirect_cursor_on_303: str
+    redirect_cursor_on_blob: str
+    redirect_cursor_amz_meta: str
+    versions: str
+    versions_cases: Dict[str, List[Dict[str, Any]]]
+    analysis: str  # errors, tags, comments, llm costs (issue 9)
+    analysis_cases: Dict[str, List[Dict[str, Any]]]
+    current: str  # "candidate" in project "evals" of acme, whose base experiment is...
+    baseline: str  # ..."main branch", in the same project (issue 10)
+    current_cases: Dict[str, List[Dict[str, Any]]]
+    baseline_cases: Dict[str, List[Dict[str, Any]]]
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +114,19 @@ def catalog(fake) -> Catalog:
         rows = traces.synthetic_experiment(experiment_id, traces=3, trace_bytes=100)
         return fake.add(Experiment(rows, **options), experiment_id)
 
+    versions_id = "cb6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"
+    versions_cases = experiments.versions(versions_id)
+    fake.add(Experiment(experiments.rows_of(versions_cases), name="versions"), versions_id)
+    analysis_id = "e1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a"
+    analysis_cases = experiments.analysis(analysis_id)
+    fake.add(Experiment(experiments.rows_of(analysis_cases), name="analysis"), analysis_id)
+    current_id, baseline_id = ("f1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a",
+                               "f2b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a")
+    current_cases, baseline_cases = experiments.pair(current_id, baseline_id)
+    fake.add(Experiment(experiments.rows_of(current_cases), name="candidate", project="evals",
+                        org="acme", base_exp_id=baseline_id), current_id)
+    fake.add(Experiment(experiments.rows_of(baseline_cases), name="main branch",
+                        project="evals", org="acme"), baseline_id)
     rich_id = "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"
     rich_cases = experiments.rich(rich_id)
     fake.add(Experiment(experiments.rows_of(rich_cases), name="baseline run",
@@ -119,6 +150,20 @@ def catalog(fake) -> Catalog:
                                    project="support bot", org="other org"),
         odd_names=small("8b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name=ODD_NAME,
                         project=ODD_PROJECT, org="org"),
+        redirect_cursor_on_303=add("d1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", redirect="gzip-raw",
+                                   cursor_in="header"),
+        redirect_cursor_on_blob=add("d2b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a",
+                                    redirect="gzip-encoding", cursor_in="blob-header"),
+        redirect_cursor_amz_meta=add("d3b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", redirect="gzip-raw",
+                                     cursor_in="blob-amz-meta"),
+        versions=versions_id,
+        versions_cases=versions_cases,
+        analysis=analysis_id,
+        analysis_cases=analysis_cases,
+        current=current_id,
+        baseline=baseline_id,
+        current_cases=current_cases,
+        baseline_cases=baseline_cases,
     )
     # Near misses that an exact lookup of "baseline run" in "support bot" of acme must skip.
     small("9b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="Baseline Run", project="support bot",

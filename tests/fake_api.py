@@ -1,7 +1,7 @@
 """A loopback fake of the Braintrust data API: a real HTTP server on 127.0.0.1.
 
-It answers `POST /v1/experiment/{id}/fetch` and `GET /v1/experiment` the way the public spec
-and API-NOTES.md describe, with each uncertain variant selectable per experiment, records
+It answers `POST /v1/experiment/{id}/fetch`, `GET /v1/experiment` and `GET /v1/experiment/{id}`
+the way the public spec and the skill's references/api-notes.md describe, with each uncertain variant selectable per experiment, records
 every request it gets, and injects faults by request number.
 
 Paging follows the notes: rows come newest first (by `_xact_id`) over the whole version
@@ -11,6 +11,7 @@ in trace number `limit + 1`. So a trace's older versions can land on later pages
 from __future__ import annotations
 
 import base64
+import email.utils
 import gzip
 import json
 import socket
@@ -23,6 +24,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 API_KEY = "sk-test-Zq8vR2mN4pL6xT0wY3bC5dF7gH9jK1"
+# Every other key a test hands the script: none may show in anything it prints either.
+OTHER_KEYS = ("sk-not-a-real-key", "sk-wrong-key-from-dotenv", "sk-other-Hq2Lw9Xe")
 
 
 @dataclass
@@ -34,9 +37,13 @@ class Experiment:
     org: str = "org"
     project_id: str = "5b9e1c52-8f0a-4f0e-9a43-1d2f7a6b3c11"
     created: str = "2026-11-20T10:00:00.000Z"
-    cursor_in: str = "body"  # "body", "header" (x-bt-cursor only) or "both"
+    # Where the next cursor travels: "body", "header" (x-bt-cursor only: on the 303 itself
+    # when redirected), "both", or behind a redirect only on the object store's answer:
+    # "blob-header" (x-bt-cursor) or "blob-amz-meta" (x-amz-meta-bt_cursor).
+    cursor_in: str = "body"
     trailing_empty_page: bool = True  # the recorded real exchange: the last page has a cursor
     redirect: Optional[str] = None  # None, "gzip-encoding" or "gzip-raw": 303 to the blob host
+    base_exp_id: Optional[str] = None  # the experiment the web app compares with by default
 
     def __post_init__(self):
         self.rows = sorted(self.rows, key=lambda row: int(row["_xact_id"]), reverse=True)
@@ -81,7 +88,8 @@ def page_of(rows: List[Dict[str, Any]], offset: int, limit: int) -> Tuple[List[D
 class FakeBraintrust:
     """The fake API plus a second 'object store' server on another port for 303 redirects."""
 
-    def __init__(self, key: str = API_KEY, unknown_experiment_status: int = 400):
+    def __init__(self, key: str = API_KEY, unknown_experiment_status: int = 400,
+                 tls: Any = None):
         self.key = key
         self.unknown_experiment_status = unknown_experiment_status
         self.experiments: Dict[str, Experiment] = {}
@@ -89,12 +97,12 @@ class FakeBraintrust:
         self.requests: List[Request] = []
         self.blob_requests: List[Request] = []
         self.connections = 0
-        self.blobs: Dict[str, Tuple[bytes, str]] = {}
+        self.blobs: Dict[str, Tuple[bytes, str, Dict[str, str]]] = {}
         self.lock = threading.Lock()
         self._page_cache: Dict[Tuple[str, int, int], Tuple[bytes, Optional[str]]] = {}
-        self.api = _serve(self._handle_api, self)
+        self.api = _serve(self._handle_api, self, tls)
         self.blob_host = _serve(self._handle_blob, self)
-        self.url = "http://127.0.0.1:%d" % self.api.server_address[1]
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.api.server_address[1])
         self.blob_url = "http://127.0.0.1:%d" % self.blob_host.server_address[1]
 
     def add(self, experiment: Experiment, experiment_id: Optional[str] = None) -> str:
@@ -133,8 +141,12 @@ class FakeBraintrust:
                 handler.connection.shutdown(socket.SHUT_RDWR)
                 return
             if "status" in fault:
+                headers = dict(fault.get("headers") or {})
+                if "retry_after_in" in fault:  # an HTTP date, as of this answer
+                    headers["Retry-After"] = email.utils.formatdate(
+                        time.time() + fault["retry_after_in"], usegmt=True)
                 handler.reply(fault["status"], fault.get("body", "").encode(),
-                              fault.get("content_type", "text/plain"), fault.get("headers"))
+                              fault.get("content_type", "text/plain"), headers)
                 return
             if fault.get("html"):
                 handler.reply(200, b"<html><body><h1>Gateway login</h1></body></html>",
@@ -147,11 +159,29 @@ class FakeBraintrust:
         parts = request.path.strip("/").split("/")
         if request.method == "GET" and parts == ["v1", "experiment"]:
             self._list_experiments(handler, request)
+        elif request.method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "experiment"]:
+            self._get_experiment(handler, parts[2])
         elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "experiment"] \
                 and parts[3] == "fetch":
             self._fetch(handler, request, parts[2], fault or {})
         else:
             handler.reply(404, b"Not found", "text/plain")
+
+    def experiment_object(self, experiment_id: str) -> Dict[str, Any]:
+        """The experiment as the API describes it (`Experiment` in the spec)."""
+        experiment = self.experiments[experiment_id]
+        return {"id": experiment_id, "project_id": experiment.project_id,
+                "name": experiment.name, "description": None, "public": False,
+                "created": experiment.created, "base_exp_id": experiment.base_exp_id,
+                "deleted_at": None, "dataset_id": None, "metadata": None}
+
+    def _get_experiment(self, handler: "Handler", experiment_id: str) -> None:
+        if experiment_id not in self.experiments:
+            handler.reply(self.unknown_experiment_status, json.dumps(
+                {"error": f"Experiment {experiment_id} not found"}).encode(), "application/json")
+            return
+        handler.reply(200, json.dumps(self.experiment_object(experiment_id)).encode(),
+                      "application/json")
 
     def _list_experiments(self, handler: "Handler", request: Request) -> None:
         query = {key: values[0] for key, values in request.query.items()}
@@ -163,9 +193,7 @@ class FakeBraintrust:
                 continue
             if query.get("org_name", experiment.org) != experiment.org:
                 continue
-            objects.append({"id": experiment_id, "project_id": experiment.project_id,
-                            "name": experiment.name, "public": False,
-                            "created": experiment.created, "deleted_at": None})
+            objects.append(self.experiment_object(experiment_id))
         handler.reply(200, json.dumps({"objects": objects}).encode(), "application/json")
 
     def _fetch(self, handler: "Handler", request: Request, experiment_id: str,
@@ -199,14 +227,19 @@ class FakeBraintrust:
         if fault.get("repeat_cursor") and cursor:
             payload = json.dumps({"events": json.loads(payload)["events"][:1],
                                   "cursor": cursor}).encode()
-        headers = {}
+        headers, blob_headers = {}, {}
         if next_cursor and experiment.cursor_in in ("header", "both"):
             headers["x-bt-cursor"] = next_cursor
+        if next_cursor and experiment.cursor_in == "blob-header":
+            blob_headers["x-bt-cursor"] = next_cursor
+        if next_cursor and experiment.cursor_in == "blob-amz-meta":
+            blob_headers["x-amz-meta-bt_cursor"] = next_cursor
         if fault.get("cut"):
             handler.reply(200, payload, "application/json", headers, cut=True)
         elif experiment.redirect:
             token = uuid.uuid4().hex
-            self.blobs[token] = (gzip.compress(payload, compresslevel=1), experiment.redirect)
+            self.blobs[token] = (gzip.compress(payload, compresslevel=1), experiment.redirect,
+                                 blob_headers)
             location = f"{self.blob_url}/blob/{token}.json.gz?X-Amz-Signature={token[:16]}"
             handler.reply(303, b"", "text/plain", dict(headers, Location=location))
         else:
@@ -218,14 +251,14 @@ class FakeBraintrust:
         with self.lock:
             self.blob_requests.append(request)
         token = request.path.rsplit("/", 1)[-1].split(".")[0]
-        blob, variant = self.blobs.get(token, (None, None))
+        blob, variant, headers = self.blobs.get(token, (None, None, {}))
         if request.method != "GET" or blob is None:
             handler.reply(404, b"NoSuchKey", "application/xml")
             return
         if variant == "gzip-encoding":
-            handler.reply(200, blob, "application/json", {"Content-Encoding": "gzip"})
+            handler.reply(200, blob, "application/json", dict(headers, **{"Content-Encoding": "gzip"}))
         else:  # a stored .json.gz object: gzip bytes, no Content-Encoding
-            handler.reply(200, blob, "application/octet-stream")
+            handler.reply(200, blob, "application/octet-stream", headers)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -276,8 +309,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 64
 
 
-def _serve(respond, fake: FakeBraintrust) -> _Server:
+def _serve(respond, fake: FakeBraintrust, tls: Any = None) -> _Server:
     server = _Server(("127.0.0.1", 0), Handler)
+    if tls is not None:  # an ssl.SSLContext: serve HTTPS
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.respond = respond  # type: ignore[attr-defined]
     server.fake = fake  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -25,6 +25,11 @@ def test_every_client_of_the_benchmark_runs_and_script_and_naive_agree(tmp_path)
     assert json.loads(outputs["script"]) == records
     lines = outputs["script --format jsonl"].decode().splitlines()
     assert [json.loads(line) for line in lines] == records
+    with_fields = json.loads(outputs["script --include all"])
+    assert [{k: r[k] for k in records[0]} for r in with_fields] == records
+    assert all(r["metrics"]["llm_calls"] == 1 for r in with_fields)
+    compared = json.loads(outputs["script --baseline"])
+    assert [r["status"] for r in compared] == ["unchanged"] * 12
 
 
 def test_the_benchmark_counts_requests_and_connections_and_prints_a_table():
@@ -34,5 +39,6 @@ def test_the_benchmark_counts_requests_and_connections_and_prints_a_table():
     assert table["counts"] == {"requests": 4, "pages": 3, "connections": 1,
                                "requests_for_ten": 2}
     printed = out.getvalue()
-    for client in ("floor", "naive", "script", "script --format jsonl"):
+    for client in ("floor", "naive", "script", "script --format jsonl",
+                   "script --include all", "script --baseline"):
         assert f"| {client} |" in printed

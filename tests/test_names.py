@@ -116,7 +116,7 @@ def test_several_matches_exit_1_listing_the_candidates_and_how_to_choose(run, ap
 
 def test_a_refused_key_during_the_lookup_exits_1(run, api, env, catalog):
     result = run("baseline run", "--project", "support bot",
-                 env=dict(env, BRAINTRUST_API_KEY="sk-other"))
+                 env=dict(env, BRAINTRUST_API_KEY="sk-other-Hq2Lw9Xe"))
     assert (result.code, len(api.requests)) == (1, 1)
     assert "401" in result.stderr
 

@@ -27,10 +27,14 @@ def score(id, xact, trace="t1", **scores):
 
 
 def records(*pages, edited_only=False):
+    """The records the script prints for these pages (with --edited-only if asked)."""
     latest = {}
     for page in pages:
         script.absorb(latest, page)
-    return list(script.records_from(latest, edited_only))
+    args = script.parse_args(["x", *(["--edited-only"] if edited_only else [])])
+    keep, keys = script.case_filter(args), script.record_keys(args)
+    return [script.as_record(case, keys, None) for case in script.cases_from(latest)
+            if keep(case)]
 
 
 # -- roots ----------------------------------------------------------------------------------
@@ -160,13 +164,12 @@ def test_edited_only_keeps_edited_records_and_marks_them_last():
     assert list(got[0])[-1] == "edited" and got[0]["edited"] is True
 
 
-def test_count_records_counts_live_roots_and_edits():
-    edit = [{"action": "merge", "path": ["expected"]}]
+def test_count_roots_counts_live_roots():
+    tombstone = {"id": "c", "_xact_id": "9", "_object_delete": True, "root_span_id": "tc"}
     latest = {}
-    script.absorb(latest, [root("a", 5, "ta", audit_data=edit), root("b", 4, "tb"),
-                           score("s", 3, "ta", Accuracy=1.0)])
-    assert script.count_records(latest, False) == 2
-    assert script.count_records(latest, True) == 1
+    script.absorb(latest, [root("a", 5, "ta"), root("b", 4, "tb"), root("c", 3, "tc"),
+                           score("s", 3, "ta", Accuracy=1.0), tombstone])
+    assert script.count_roots(latest) == 2
 
 
 def test_events_that_are_not_objects_are_skipped():
@@ -262,3 +265,120 @@ def test_a_link_gives_its_percent_decoded_names():
 def test_a_name_takes_project_and_org_from_the_flags():
     assert script.parse_target("nightly", " bot ", "acme") == script.Target(
         None, "acme", "bot", "nightly")
+
+
+# -- analysis: fields, filters, truncation (issue 9) ------------------------------------------
+
+def test_include_fields_come_in_printing_order_and_all_means_every_one():
+    assert script.include_fields(["metrics,id", " tags "]) == ("id", "tags", "metrics")
+    assert script.include_fields(["all"]) == script.INCLUDABLE
+    assert script.include_fields(None) == ()
+
+
+def test_an_unknown_include_field_is_refused():
+    with pytest.raises(script.UsageError, match="'cost'"):
+        script.include_fields(["id,cost"])
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Exact Match<1", ("Exact Match", "<", 1.0)),
+    (" Exact Match >= 0.5 ", ("Exact Match", ">=", 0.5)),
+    ("a<=-2", ("a", "<=", -2.0)),
+    ("x==1e-3", ("x", "==", 0.001)),
+    ("x!=0", ("x", "!=", 0.0)),
+    ("x>1", ("x", ">", 1.0)),
+])
+def test_a_score_expression_is_name_operator_number(text, want):
+    assert tuple(script.score_test(text)) == want
+
+
+@pytest.mark.parametrize("text", ["x", "x=1", "<1", "x<", "x<a", "x<inf", "x<1 2", ""])
+def test_a_malformed_score_expression_is_refused(text):
+    with pytest.raises(script.argparse.ArgumentTypeError, match="NAME OP NUMBER"):
+        script.score_test(text)
+
+
+@pytest.mark.parametrize("value", [None, "0.5", True])
+def test_a_score_that_is_not_a_number_fails_every_comparison(value):
+    test = script.score_test("x!=7")
+    assert script.passes_score({"x": value}, test) is False
+    assert script.passes_score({}, test) is False
+
+
+def test_truncated_cuts_strings_longer_than_n_and_says_how_many_characters_went():
+    value = {"long key stays": ["12345", "123456", 1234567], "s": "日本語 🚀!"}
+    assert script.truncated(value, 5) == {"long key stays": ["12345", "12345…[+1 chars]",
+                                                             1234567],
+                                          "s": "日本語 🚀…[+1 chars]"}
+
+
+def test_record_keys_put_include_then_the_comparison_then_edited_last():
+    args = script.parse_args(["x", "--include", "error,id", "--baseline", "auto",
+                              "--edited-only"])
+    assert script.record_keys(args) == [
+        "root_span_id", "input", "output", "expected", "metadata", "scores", "origin",
+        "id", "error", "baseline", "diff", "status", "edited"]
+
+
+def test_llm_costs_count_only_numbers_and_errors_count_on_any_span():
+    llm = {"span_attributes": {"type": "llm"}, "error": "x",
+           "metrics": {"prompt_tokens": 5, "completion_tokens": "7", "tokens": True}}
+    assert script.span_cost(llm) == script.Cost(1, 5, 0, 0, 1)
+    assert script.span_cost({"span_attributes": {"type": "tool"}, "error": None}) == \
+        script.Cost(0, 0, 0, 0, 0)
+
+
+# -- baseline (issue 10) ----------------------------------------------------------------------
+
+def case(input="q", origin=None, scores=None, output="o", trace="t"):
+    return {"root_span_id": trace, "input": input, "output": output, "origin": origin,
+            "scores": scores or {}}
+
+
+def test_the_key_is_the_dataset_record_else_the_input_with_sorted_keys():
+    by_row = {"dataset_id": "d", "dataset_record_id": "r1"}
+    assert script.case_key(case(origin=by_row)) == script.case_key(case("other", by_row))
+    assert script.case_key(case({"a": 1, "b": [2]})) == script.case_key(case({"b": [2], "a": 1}))
+    assert script.case_key(case("r1")) != script.case_key(case(origin=by_row))
+
+
+def test_trials_of_the_baseline_average_per_score_and_keep_the_first():
+    index = script.baseline_index([case(scores={"a": 1.0, "b": None}, trace="first"),
+                                   case(scores={"a": 0.0, "c": 0.5}, trace="second")])
+    assert len(index) == 1
+    assert script.comparison(case(scores={"a": 0.5, "c": 0.5}), index) == {
+        "baseline": {"root_span_id": "first", "output": "o",
+                     "scores": {"a": 0.5, "c": 0.5}, "count": 2},
+        "diff": {"a": 0.0, "c": 0.0}, "status": "unchanged"}
+
+
+@pytest.mark.parametrize("now, status", [(0.5 - 2e-9, "regressed"), (0.5 - 1e-10, "unchanged"),
+                                         (0.5 + 2e-9, "improved"), (0.5, "unchanged")])
+def test_a_status_ignores_differences_within_1e_9(now, status):
+    index = script.baseline_index([case(scores={"a": 0.5})])
+    assert script.comparison(case(scores={"a": now}), index)["status"] == status
+
+
+def test_one_regressed_score_outweighs_improved_ones():
+    index = script.baseline_index([case(scores={"a": 0.5, "b": 0.5})])
+    assert script.comparison(case(scores={"a": 1.0, "b": 0.4}), index)["status"] == "regressed"
+
+
+def test_an_unmatched_case_is_new():
+    assert script.comparison(case("q"), script.baseline_index([case("other")])) == {
+        "baseline": None, "diff": {}, "status": "new"}
+
+
+# -- paging: where the next cursor travels (issue 8) --------------------------------------------
+
+@pytest.mark.parametrize("body, final, redirects, want", [
+    ({"cursor": "b"}, {"x-bt-cursor": "h", "x-amz-meta-bt_cursor": "m"}, [{"x-bt-cursor": "r"}], "b"),
+    ({}, {"x-bt-cursor": "h", "x-amz-meta-bt_cursor": "m"}, [{"x-bt-cursor": "r"}], "h"),
+    ({}, {"x-amz-meta-bt_cursor": "m"}, [{"x-bt-cursor": "r"}], "m"),
+    ({}, {}, [{}, {"x-bt-cursor": "r"}], "r"),
+    ({}, {}, [], None),
+])
+def test_the_next_cursor_is_the_bodys_then_the_answers_headers_then_a_redirects(
+        body, final, redirects, want):
+    answer = script.Answer(200, "OK", final, b"", 1, tuple(redirects))
+    assert script.next_cursor(body, answer) == want

@@ -4,17 +4,19 @@ Every run goes through `run_script`, which also checks that the key is in nothin
 """
 from __future__ import annotations
 
-import email.utils
 import signal
 import subprocess
 import sys
 import time
 
+import ssl
+
 import pytest
 
 import experiments
-from conftest import SCRIPT
-from fake_api import API_KEY
+from conftest import SCRIPT, assert_no_key
+from fake_api import API_KEY, Experiment, FakeBraintrust
+from test_cli import non_empty_pages
 
 
 def all_records(catalog):
@@ -42,11 +44,12 @@ def test_a_429_waits_the_seconds_retry_after_asks_then_recovers(run, api, catalo
 
 
 def test_a_429_with_an_http_date_in_retry_after_waits_until_that_date(run, api, catalog):
-    when = email.utils.formatdate(time.time() + 3, usegmt=True)
-    api.faults[1] = {"status": 429, "headers": {"Retry-After": when}}
+    # The date is written when the fake answers, 3 s ahead; HTTP dates have whole seconds,
+    # so the wait is over 2 s, and the backoff alone would have waited at most 1 s.
+    api.faults[1] = {"status": 429, "retry_after_in": 3}
     result = run(catalog.rich)
     assert result.json() == all_records(catalog)
-    assert gap(api, 1, 2) >= 1.5
+    assert gap(api, 1, 2) >= 1.9
     assert len(retry_lines(result.stderr)) == 1
 
 
@@ -58,7 +61,7 @@ def test_retry_after_is_capped_at_a_minute(api, env, catalog, tmp_path):
     first_line = process.stderr.readline().decode()
     process.send_signal(signal.SIGINT)
     stdout, rest = process.communicate(timeout=20)
-    assert API_KEY.encode() not in stdout + first_line.encode() + rest
+    assert_no_key(stdout, first_line.encode(), rest)
     assert first_line == "page 1: the API answered 503; retrying in 60.0 s (attempt 2 of 6)\n"
     assert process.returncode == 130
 
@@ -168,13 +171,103 @@ def test_a_server_that_echoes_the_key_gets_it_redacted(run, api, catalog):
 
 
 def test_an_unreachable_api_fails_cleanly_after_retries(run, env, catalog):
-    result = run(catalog.rich, env=dict(env, BRAINTRUST_API_URL="http://127.0.0.1:9"))
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_API_URL="http://127.0.0.1:9",
+                                        BRAINTRUST_NUM_RETRIES="2"))
     assert (result.code, result.stdout) == (1, b"")
     assert "could not reach 127.0.0.1:9" in result.stderr.splitlines()[-1]
-    assert len(retry_lines(result.stderr)) == 5
+    assert len(retry_lines(result.stderr)) == 2
+
+
+# -- what retrying cannot heal: at once ------------------------------------------------------
+
+def test_a_host_name_that_does_not_resolve_fails_at_once(run, env, catalog):
+    # .invalid never resolves (RFC 2606).
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_API_URL="https://no-such-host.invalid"))
+    assert (result.code, result.stdout, retry_lines(result.stderr)) == (1, b"", [])
+    [line] = result.stderr.splitlines()
+    assert "'no-such-host.invalid' does not resolve" in line
+    assert "check the API URL" in line and "network" in line
+
+
+@pytest.fixture(scope="module")
+def tls_api(catalog):
+    """The fake API over HTTPS, with a certificate from a CA that the system does not trust."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    server = FakeBraintrust(tls=context)
+    server.add(Experiment(experiments.rows_of(catalog.rich_cases)), catalog.rich)
+    with authority.cert_pem.tempfile() as ca_file:
+        yield server, ca_file
+    server.close()
+
+
+def test_an_untrusted_certificate_fails_at_once_saying_how_to_trust_a_private_ca(
+        run, env, catalog, tls_api):
+    server, _ = tls_api
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_API_URL=server.url))
+    assert (result.code, result.stdout, retry_lines(result.stderr)) == (1, b"", [])
+    [line] = result.stderr.splitlines()
+    assert "TLS" in line and "REQUESTS_CA_BUNDLE" in line and "SSL_CERT_FILE" in line
+    assert server.requests == []
+
+
+def test_requests_ca_bundle_makes_a_private_ca_trusted(run, env, catalog, tls_api):
+    server, ca_file = tls_api
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_API_URL=server.url,
+                                        REQUESTS_CA_BUNDLE=ca_file))
+    assert result.json() == all_records(catalog)
+
+
+def test_a_bare_404_from_a_wrong_api_path_says_to_check_the_api_url(run, api, catalog):
+    result = run(catalog.rich, "--api-url", api.url + "/v1")
+    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
+    assert api.requests[0].path == f"/v1/v1/experiment/{catalog.rich}/fetch"
+    [line] = result.stderr.splitlines()
+    assert "check the API URL" in line and "without /v1" in line and "404" in line
+
+
+# -- BRAINTRUST_NUM_RETRIES ------------------------------------------------------------------
+
+@pytest.mark.parametrize("retries, tries", [("0", 1), ("2", 3)])
+def test_num_retries_sets_the_retries_per_request(run, api, env, catalog, retries, tries):
+    for number in range(1, 10):
+        api.faults[number] = {"status": 503, "headers": {"Retry-After": "0"}}
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_NUM_RETRIES=retries))
+    assert (result.code, len(api.requests)) == (1, tries)
+    assert len(retry_lines(result.stderr)) == tries - 1
+    assert f"after {tries} tr" in result.stderr.splitlines()[-1]
+
+
+def test_num_retries_numbers_the_attempts_out_of_its_total(run, api, env, catalog):
+    api.faults[1] = {"status": 503, "headers": {"Retry-After": "0"}}
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_NUM_RETRIES="2"))
+    assert retry_lines(result.stderr) == [
+        "page 1: the API answered 503; retrying in 0.0 s (attempt 2 of 3)"]
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", "101"])
+def test_a_bad_num_retries_is_a_usage_error_before_any_request(run, api, env, catalog, value):
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_NUM_RETRIES=value))
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "BRAINTRUST_NUM_RETRIES" in result.stderr
 
 
 # -- redirects ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["redirect_encoded", "redirect_cursor_on_303",
+                                   "redirect_cursor_on_blob", "redirect_cursor_amz_meta"])
+def test_behind_a_303_the_next_cursor_is_found_wherever_it_travels(run, api, catalog, which):
+    # In the body; in x-bt-cursor on the 303; in x-bt-cursor or x-amz-meta-bt_cursor on the
+    # object store's answer.
+    experiment_id = getattr(catalog, which)
+    result = run(experiment_id, "--limit", "5")
+    assert result.json() == all_records(catalog)
+    pages = non_empty_pages(api, experiment_id, 5)
+    assert pages > 3 and len(api.fetches()) == pages + 1
+    assert len(api.blob_requests) == pages + 1
+
 
 @pytest.mark.parametrize("which", ["redirect_encoded", "redirect_raw"])
 def test_a_303_to_an_object_store_is_followed_without_the_key(run, api, catalog, which):
@@ -216,4 +309,4 @@ def test_ctrl_c_during_a_slow_page_exits_130_with_one_line_and_no_output(api, en
     assert stderr.decode().splitlines() == ["fetch_experiment_results.py: interrupted"]
     assert target.read_bytes() == b"previous results\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
-    assert API_KEY not in stderr.decode()
+    assert_no_key(stdout, stderr)

@@ -6,20 +6,28 @@
 """Fetch every result of a Braintrust experiment as flat JSON records, one per test case.
 
 The data flows top to bottom: settings (key, URL, arguments) -> HTTP session -> pages ->
-events to records (pure functions) -> output -> main. Stdout carries only the records;
-every message goes to stderr. Exit codes: 0 done, 1 the API or the network failed,
-2 bad arguments or settings, 130 interrupted.
+events to records (pure functions) -> analysis: filters, baseline, summary (pure) ->
+output -> main. Stdout carries only the data; every message goes to stderr. Exit codes:
+0 done, 1 the API or the network failed, 2 bad arguments or settings, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import gc
 import gzip
+import io
 import ipaddress
 import json
+import math
+import operator
 import os
 import random
 import re
+import signal
+import socket
+import stat
 import sys
 import tempfile
 import time
@@ -28,35 +36,40 @@ import urllib.parse
 import uuid
 from itertools import islice
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
-                    Union)
+                    Tuple, Union)
 
 import requests
 from dotenv import dotenv_values, find_dotenv
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import HTTPError, MaxRetryError, ProtocolError
+from urllib3.exceptions import (HTTPError, MaxRetryError, NameResolutionError, ProtocolError,
+                                SSLError)
 from urllib3.util.retry import Retry
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 PROG = "fetch_experiment_results.py"
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
 MAX_PAGE_SIZE = 1000  # the API's documented ceiling per request
 CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0  # what the official SDK uses for BRAINTRUST_HTTP_TIMEOUT
-RETRIES_PER_REQUEST = 5
+DEFAULT_RETRIES = 5  # per request; BRAINTRUST_NUM_RETRIES, the official SDK's name
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 RETRY_AFTER_CAP = 60.0
 SERVER_TEXT_LIMIT = 300
 
-EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 class UsageError(Exception):
-    """Bad arguments or settings: exit 2, before any request."""
+    """Bad arguments or settings: exit 2."""
 
 
 class ApiError(Exception):
     """The API or the network failed: exit 1."""
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwound like Ctrl-C, so a temporary file is removed on the way out."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,6 +98,50 @@ def page_size(text: str) -> int:
     return positive_int(text, most=MAX_PAGE_SIZE)
 
 
+# Extra record fields for --include, in the order they are printed.
+INCLUDABLE = ("id", "span_id", "created", "tags", "error", "comments", "metrics")
+
+
+def include_fields(values: Optional[List[str]]) -> Tuple[str, ...]:
+    """--include a,b --include c (or `all`) as the fields asked for, in printing order."""
+    asked = {name.strip() for value in values or [] for name in value.split(",")}
+    asked.discard("")
+    if "all" in asked:
+        asked = set(INCLUDABLE)
+    unknown = sorted(asked - set(INCLUDABLE))
+    if unknown:
+        raise UsageError(f"--include: unknown field {', '.join(map(repr, unknown))}; the "
+                         f"fields are {', '.join(INCLUDABLE)}, or all")
+    return tuple(name for name in INCLUDABLE if name in asked)
+
+
+class ScoreTest(NamedTuple):
+    """--score "NAME OP NUMBER": a record passes when scores[NAME] OP NUMBER holds."""
+    name: str
+    op: str
+    number: float
+
+
+COMPARISONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+               "==": operator.eq, "!=": operator.ne}
+SCORE_TEST = re.compile(r"\s*(?P<name>.*?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<number>\S+)\s*")
+
+
+def score_test(text: str) -> ScoreTest:
+    match = SCORE_TEST.fullmatch(text)
+    number = math.nan
+    if match:
+        try:
+            number = float(match["number"])
+        except ValueError:
+            pass
+    if not match or not match["name"] or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME OP NUMBER with OP one of < <= > >= == != "
+            f"(e.g. \"Exact Match<1\"), got {text!r}")
+    return ScoreTest(match["name"], match["op"], number)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = Parser(
         prog=PROG,
@@ -94,11 +151,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         epilog="EXPERIMENT is one of: an experiment id (a UUID); an experiment link from the "
         "Braintrust web app (https://www.braintrust.dev/app/ORG/p/PROJECT/experiments/NAME); "
         "or an experiment name with --project (and --org if the name is ambiguous). "
-        "The key comes from BRAINTRUST_API_KEY, in the environment or in a .env file in this "
-        "folder or above; never from a flag. BRAINTRUST_API_URL sets the API for EU or "
-        "self-hosted deployments, BRAINTRUST_HTTP_TIMEOUT the read timeout in seconds (60). "
+        "The key comes from BRAINTRUST_API_KEY, in the environment or in a .env file in the "
+        "current folder or above; never from a flag. BRAINTRUST_API_URL sets the API for EU "
+        "or self-hosted deployments, BRAINTRUST_HTTP_TIMEOUT the read timeout in seconds "
+        f"({DEFAULT_READ_TIMEOUT:g}), BRAINTRUST_NUM_RETRIES the retries per request "
+        f"({DEFAULT_RETRIES}). Filters combine with AND; --max-results counts after them. "
         "Exit codes: 0 done, 1 the API or network failed, 2 bad arguments or settings, "
-        "130 interrupted.",
+        "130 interrupted, 143 terminated.",
     )
     parser.add_argument("experiment", metavar="EXPERIMENT",
                         help="experiment id, experiment link, or name (with --project)")
@@ -109,32 +168,67 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=page_size, default=MAX_PAGE_SIZE, metavar="N",
                         help=f"traces per API page, 1 to {MAX_PAGE_SIZE} (default {MAX_PAGE_SIZE})")
     parser.add_argument("--max-results", type=positive_int, metavar="N",
-                        help="return at most N records (the first N) and stop fetching "
-                        "once they are complete")
+                        help="at most N records, the first N; stops requesting pages after the "
+                        "page that completes N records, so a score whose newest version "
+                        "comes on a later page is missed (without it, records are exact)")
+    parser.add_argument("--include", action="append", metavar="FIELD[,FIELD...]",
+                        help=f"extra fields after origin: {', '.join(INCLUDABLE)}, or all")
     parser.add_argument("--edited-only", action="store_true",
                         help="only records whose expected value was edited in the Braintrust "
                         'UI; each gets "edited": true')
-    parser.add_argument("--format", choices=("json", "jsonl"), default="json",
-                        help="json: one indented array (default); jsonl: one record per line")
+    parser.add_argument("--errors-only", action="store_true",
+                        help="only records whose test case failed with an error")
+    parser.add_argument("--score", action="append", type=score_test, metavar="EXPR",
+                        help='only records whose score passes EXPR, "NAME OP NUMBER" with OP '
+                        "one of < <= > >= == != (repeatable; a missing score fails)")
+    parser.add_argument("--tag", action="append", metavar="TAG",
+                        help="only records tagged TAG (repeatable: every tag given)")
+    parser.add_argument("--baseline", metavar="EXPERIMENT",
+                        help="compare each record with this experiment (id, link, name in the "
+                        "same project, or auto: the experiment's base experiment); records gain "
+                        "baseline, diff and status")
+    parser.add_argument("--regressions-only", action="store_true",
+                        help="with --baseline: only records that scored lower than the baseline")
+    parser.add_argument("--truncate", type=positive_int, metavar="N",
+                        help="cut strings in input, output, expected, metadata and error to N "
+                        "characters, marked with …[+K chars]")
+    parser.add_argument("--summary", action="store_true",
+                        help="print one JSON object describing the records instead of them")
+    parser.add_argument("--format", choices=("json", "jsonl", "csv"), default="json",
+                        help="json: one indented array (default); jsonl: one record per line; "
+                        "csv: a header row, then one row per record")
     parser.add_argument("--output", metavar="FILE",
-                        help="write to FILE (replaced only when the run succeeds) instead of stdout")
+                        help="write to FILE (replaced only when the run succeeds) instead of "
+                        "stdout; - is stdout")
     parser.add_argument("--api-url", metavar="URL",
                         help=f"API base URL (default: $BRAINTRUST_API_URL, else {DEFAULT_API_URL})")
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--quiet", action="store_true", help="print nothing on stderr but errors")
     talk.add_argument("--verbose", action="store_true", help="print a line on stderr per page")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.include = include_fields(args.include)
+    if args.regressions_only and args.baseline is None:
+        raise UsageError("--regressions-only needs --baseline EXPERIMENT (or --baseline auto)")
+    if args.summary and args.format == "csv":
+        raise UsageError("--summary prints one JSON object: use --format json or jsonl with it")
+    if args.output == "":
+        raise UsageError("--output is empty: name a file, or - for stdout")
+    if args.output == "-":
+        args.output = None
+    return args
 
 
 class Settings(NamedTuple):
     key: str
     api_url: str
     read_timeout: float
+    retries: int
 
 
 def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings:
-    """Key, API URL and timeout, from the environment, else from the nearest .env file."""
+    """Key, API URL, timeout and retries, from the environment, else from the nearest .env
+    file (the current folder, then its parents)."""
     dotenv_path = find_dotenv(usecwd=True)
     from_file = dotenv_values(dotenv_path) if dotenv_path else {}
 
@@ -159,16 +253,33 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if not 0 < read_timeout < float("inf"):
         raise UsageError(f"BRAINTRUST_HTTP_TIMEOUT must be a number of seconds above 0, "
                          f"got {timeout_text!r}")
+    retries_text = setting("BRAINTRUST_NUM_RETRIES") or str(DEFAULT_RETRIES)
+    if not retries_text.isdigit() or int(retries_text) > 100:
+        raise UsageError(f"BRAINTRUST_NUM_RETRIES must be a whole number from 0 to 100, "
+                         f"got {retries_text!r}")
     if args.output:
         check_writable(args.output)
-    return Settings(key, api_url, read_timeout)
+    return Settings(key, api_url, read_timeout, int(retries_text))
+
+
+def is_regular_or_missing(path: str) -> bool:
+    """False for what exists but is no plain file (a FIFO, /dev/null, /dev/stdout): such an
+    --output is written into, never replaced."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # through any symlink
+    except FileNotFoundError:
+        return True
 
 
 def check_writable(path: str) -> None:
     """Refuse an --output the run could not write, before spending any request on it."""
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"--output {path!r} is a folder: name a file")
+    if not is_regular_or_missing(path):
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"--output {path!r}: no permission to write it")
+        return
+    folder = os.path.dirname(os.path.realpath(path))  # a symlink's target gets replaced
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"--output {path!r}: cannot create files in {folder!r} (missing, "
                          "or no permission)")
@@ -210,28 +321,40 @@ class Target(NamedTuple):
 
 
 APP_LINK_PATH = re.compile(r"/app/([^/]+)/p/([^/]+)/experiments/([^/]+)/?")
+AUTO = "auto"  # --baseline auto: the experiment's own base experiment
+
+
+def canonical_id(text: str) -> Optional[str]:
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        return None
+
+
+def is_link(text: str) -> bool:
+    return re.match(r"https?://", text.strip(), re.IGNORECASE) is not None
+
+
+def parse_link(text: str) -> Target:
+    match = APP_LINK_PATH.fullmatch(urllib.parse.urlsplit(text.strip()).path)
+    names = [urllib.parse.unquote(part) for part in match.groups()] if match else []
+    if not names or not all(name.strip() for name in names):
+        raise UsageError(f"{text.strip()!r} is not an experiment link: expected "
+                         "https://<app host>/app/ORG/p/PROJECT/experiments/EXPERIMENT")
+    return Target(None, *names)
 
 
 def parse_target(text: str, project: Optional[str], org: Optional[str]) -> Target:
     """EXPERIMENT as an id, a web-app link or a name; an id is canonical so it can't bend the path."""
     text = text.strip()
-    try:
-        experiment_id = str(uuid.UUID(text))
-    except ValueError:
-        experiment_id = None
-    if experiment_id or re.match(r"https?://", text, re.IGNORECASE):
-        if project is not None or org is not None:
-            raise UsageError("--project and --org go with an experiment name, not with an id "
-                             "or a link (which already says where the experiment is)")
+    experiment_id = canonical_id(text)
+    if (experiment_id or is_link(text)) and (project is not None or org is not None):
+        raise UsageError("--project and --org go with an experiment name, not with an id "
+                         "or a link (which already says where the experiment is)")
     if experiment_id:
         return Target(experiment_id)
-    if re.match(r"https?://", text, re.IGNORECASE):
-        match = APP_LINK_PATH.fullmatch(urllib.parse.urlsplit(text).path)
-        names = [urllib.parse.unquote(part) for part in match.groups()] if match else []
-        if not names or not all(name.strip() for name in names):
-            raise UsageError(f"{text!r} is not an experiment link: expected "
-                             "https://<app host>/app/ORG/p/PROJECT/experiments/EXPERIMENT")
-        return Target(None, *names)
+    if is_link(text):
+        return parse_link(text)
     if not text:
         raise UsageError("EXPERIMENT is empty: pass an experiment id, link, or name with --project")
     if not project or not project.strip():
@@ -240,13 +363,36 @@ def parse_target(text: str, project: Optional[str], org: Optional[str]) -> Targe
     return Target(None, org.strip() if org else None, project.strip(), text)
 
 
+def parse_baseline(text: str, main: Target) -> Union[Target, str]:
+    """--baseline as an id, a link, `auto`, or a name in the main experiment's project."""
+    text = text.strip()
+    if text == AUTO:
+        return AUTO
+    experiment_id = canonical_id(text)
+    if experiment_id:
+        baseline = Target(experiment_id)
+    elif is_link(text):
+        baseline = parse_link(text)
+    elif not text:
+        raise UsageError("--baseline is empty: pass an experiment id, link or name, or auto")
+    elif main.project is None:
+        raise UsageError(f"--baseline {text!r} is a name, but the experiment's project is not "
+                         "known (it was given by id): pass the baseline's id or link instead")
+    else:
+        baseline = Target(None, main.org, main.project, text)
+    if baseline == main:
+        raise UsageError("--baseline names the experiment itself: compare with another one")
+    return baseline
+
+
 # ---------------------------------------------------------------------------------------
 # HTTP session: keep-alive, key only as a header, urllib3's Retry for backoff
 # ---------------------------------------------------------------------------------------
 
 class AnnouncedRetry(Retry):
-    """urllib3's Retry plus what it cannot do: say each retry on stderr, and honour
-    Retry-After (capped at 60 s) on every retried status, not only 413/429/503."""
+    """urllib3's Retry plus what it cannot do: say each retry on stderr, honour Retry-After
+    (capped at 60 s) on every retried status, not only 413/429/503, and give up at once on
+    what no retry can heal: a host name that does not resolve, a certificate not trusted."""
 
     def __init__(self, *args: Any, announce: Callable[[str], None] = lambda line: None,
                  what: str = "request", **kwargs: Any):
@@ -257,6 +403,12 @@ class AnnouncedRetry(Retry):
         kwargs.setdefault("announce", self.announce)
         kwargs.setdefault("what", self.what)
         return super().new(**kwargs)
+
+    def increment(self, method: Optional[str] = None, url: Optional[str] = None,
+                  *args: Any, error: Optional[Exception] = None, **kwargs: Any) -> "AnnouncedRetry":
+        if isinstance(error, (NameResolutionError, SSLError)):
+            raise MaxRetryError(kwargs.get("_pool"), url or "", error)
+        return super().increment(method, url, *args, error=error, **kwargs)
 
     def sleep(self, response: Any = None) -> None:
         # urllib3 makes the first retry at once; a rate-limited API deserves a pause.
@@ -275,14 +427,15 @@ class AnnouncedRetry(Retry):
             why = f"the connection failed ({describe_error(last.error)})"
         else:
             why = "the request failed"
+        tries = len(self.history) + (self.total or 0) + 1
         self.announce(f"{self.what}: {why}; retrying in {wait:.1f} s "
-                      f"(attempt {len(self.history) + 1} of {RETRIES_PER_REQUEST + 1})")
+                      f"(attempt {len(self.history) + 1} of {tries})")
         time.sleep(wait)
 
 
-def retry_policy(what: str, announce: Callable[[str], None]) -> AnnouncedRetry:
+def retry_policy(what: str, announce: Callable[[str], None], retries: int) -> AnnouncedRetry:
     return AnnouncedRetry(
-        total=RETRIES_PER_REQUEST,
+        total=retries,
         status_forcelist=RETRIED_STATUSES,
         allowed_methods=None,  # POST too: the fetch only reads
         backoff_factor=0.5,  # 0.5 s, then 1, 2, 4, 8 s, each plus up to 0.5 s of jitter
@@ -307,27 +460,50 @@ def open_session(settings: Settings) -> requests.Session:
     session.auth = bearer(settings.key)  # also keeps ~/.netrc from replacing the key
     session.headers["User-Agent"] = (f"braintrust-fetch-experiment-results/{__version__} "
                                      f"python-requests/{requests.__version__}")
-    adapter = HTTPAdapter(max_retries=retry_policy("request", lambda line: None))
+    adapter = HTTPAdapter(max_retries=retry_policy("request", lambda line: None,
+                                                   settings.retries))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
 
 
-def describe_error(error: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error, in one short line
-    ("Connection refused", "timed out"), not the chain of wrappers around it."""
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """A requests/urllib3 error and each one it wraps, down to the innermost."""
     seen = set()
-    while id(error) not in seen:
+    while isinstance(error, BaseException) and id(error) not in seen:
         seen.add(id(error))
+        yield error
         inner = getattr(error, "reason", None)
         if not isinstance(inner, BaseException):
             inner = next((arg for arg in error.args if isinstance(arg, BaseException)),
                          error.__cause__)
-        if not isinstance(inner, BaseException):
-            break
-        error = inner
+        error = inner  # type: ignore[assignment]
+
+
+def describe_error(error: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error, in one short line
+    ("Connection refused", "timed out"), not the chain of wrappers around it."""
+    *_, error = error_chain(error)
     text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     return clean_text(text or type(error).__name__, limit=160)
+
+
+def unreachable(error: requests.exceptions.RequestException, what: str, url: str) -> ApiError:
+    """The one line for a request that got no answer, with what to do about it."""
+    host = urllib.parse.urlsplit(url).netloc
+    if isinstance(error, requests.exceptions.SSLError):
+        return ApiError(f"{what}: the TLS connection to {host} failed ({describe_error(error)})"
+                        "; if your network uses a private certificate authority, point "
+                        "REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its certificate file")
+    if any(isinstance(inner, (NameResolutionError, socket.gaierror))
+           for inner in error_chain(error)):
+        return ApiError(f"{what}: the host name {urllib.parse.urlsplit(url).hostname!r} does "
+                        "not resolve; check the API URL (--api-url or BRAINTRUST_API_URL) "
+                        "and the network")
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return ApiError(f"{what}: could not reach {host} ({describe_error(error)}); check the "
+                        "network and the API URL")
+    return ApiError(f"{what}: the request failed ({describe_error(error)})")
 
 
 class Answer(NamedTuple):
@@ -337,6 +513,7 @@ class Answer(NamedTuple):
     headers: Any  # case-insensitive
     body: bytes
     tries: int
+    redirects: Tuple[Any, ...] = ()  # the headers of each redirect on the way, in order
 
 
 def send(session: requests.Session, method: str, url: str, what: str, settings: Settings,
@@ -344,37 +521,37 @@ def send(session: requests.Session, method: str, url: str, what: str, settings: 
     """One request with its body read, retried as a whole (within the same budget) when the
     connection breaks after the headers, which urllib3 does not retry by itself."""
     adapter = session.get_adapter(url)
-    retry = retry_policy(what, announce)
+    retry = retry_policy(what, announce, settings.retries)
     while True:
         adapter.max_retries = retry
         try:
             response = session.request(method, url, stream=True,
                                        timeout=(CONNECT_TIMEOUT, settings.read_timeout), **kwargs)
-        except requests.exceptions.ConnectionError as error:
-            raise ApiError(f"{what}: could not reach {urllib.parse.urlsplit(url).netloc} "
-                           f"({describe_error(error)}); check the network and the API URL") from None
         except requests.exceptions.RequestException as error:
-            raise ApiError(f"{what}: the request failed ({describe_error(error)})") from None
+            raise unreachable(error, what, url) from None
         retry = response.raw.retries or retry
         try:
             # One read of the whole body (gzip undone): much cheaper than requests' 10 KB chunks.
             body = response.raw.read(decode_content=True)
             return Answer(response.status_code, response.reason or "", response.headers, body,
-                          len(retry.history) + 1)
+                          len(retry.history) + 1,
+                          tuple(earlier.headers for earlier in response.history))
         except (HTTPError, OSError) as error:
             try:
                 retry = retry.increment(method, url, error=ProtocolError(
                     f"answer cut short: {describe_error(error)}"))
             except MaxRetryError:
+                tries = settings.retries + 1
                 raise ApiError(f"{what}: the connection broke while reading the answer, "
-                               f"{RETRIES_PER_REQUEST + 1} times ({describe_error(error)})") from None
+                               f"{tries} {'time' if tries == 1 else 'times'} "
+                               f"({describe_error(error)})") from None
             retry.sleep()
         finally:
             response.close()
 
 
 # ---------------------------------------------------------------------------------------
-# The API: name lookup and pages
+# The API: name lookup, experiment, pages
 # ---------------------------------------------------------------------------------------
 
 CONTROL_OR_ESCAPE = re.compile(
@@ -396,25 +573,34 @@ def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> s
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def server_message(answer: Answer, secret: str) -> str:
     text = answer.body.decode("utf-8", "replace")
-    try:  # JSON error bodies usually carry the words under one of these keys
-        data = json.loads(text)
-        if isinstance(data, dict):
-            text = str(data.get("error") or data.get("message") or data.get("detail") or text)
-    except ValueError:
-        pass
+    data = json_or_none(answer.body)  # JSON error bodies carry the words under one of these
+    if isinstance(data, dict):
+        text = str(data.get("error") or data.get("message") or data.get("detail") or text)
     return clean_text(text, secret=secret) or "(empty body)"
 
 
-def check_status(answer: Answer, what: str, secret: str, not_found: str) -> None:
+def check_status(answer: Answer, what: str, settings: Settings, not_found: str) -> None:
     if 200 <= answer.status < 300:
         return
     words = f"{answer.status} {answer.reason}".strip()
-    message = server_message(answer, secret)
+    message = server_message(answer, settings.key)
     if answer.status in (401, 403):
         raise ApiError(f"{what}: the API refused the key ({words}: {message}); check that "
                        "BRAINTRUST_API_KEY is a valid key of an organisation that can read it")
+    if answer.status == 404 and json_or_none(answer.body) is None:
+        # The API words its 404s in JSON; a bare one means the path itself is unknown there.
+        raise ApiError(f"{what}: {settings.api_url} has no such API path ({words}: {message})"
+                       f"; check the API URL: it is the base URL, e.g. {DEFAULT_API_URL}, "
+                       "without /v1")
     if answer.status in (400, 404):
         raise ApiError(f"{what}: {not_found} ({words}: {message})")
     tries = f"{answer.tries} {'try' if answer.tries == 1 else 'tries'}"
@@ -441,18 +627,24 @@ def read_json(answer: Answer, what: str) -> Any:
                        "; is the API URL right?") from None
 
 
+def describe_target(target: Target) -> str:
+    return f"experiment {target.name!r} in project {target.project!r}" + (
+        f" of organisation {target.org!r}" if target.org else "")
+
+
 def resolve_experiment(session: requests.Session, settings: Settings, target: Target,
                        announce: Callable[[str], None]) -> str:
     """The id of the one live experiment with these names."""
-    where = f"experiment {target.name!r} in project {target.project!r}" + (
-        f" of organisation {target.org!r}" if target.org else "")
+    if target.id is not None:
+        return target.id
+    where = describe_target(target)
     query = {"project_name": target.project, "experiment_name": target.name}
     if target.org:
         query["org_name"] = target.org
     what = f"looking up {where}"
     answer = send(session, "GET", f"{settings.api_url}/v1/experiment", what, settings,
                   announce, params=query)
-    check_status(answer, what, settings.key, "the API could not look it up; check the names")
+    check_status(answer, what, settings, "the API could not look it up; check the names")
     data = read_json(answer, what)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
         raise ApiError(f"{what}: the answer has no list of objects")
@@ -466,14 +658,44 @@ def resolve_experiment(session: requests.Session, settings: Settings, target: Ta
                            f"{item.get('created')})" for item in found)
         raise ApiError(f"{len(found)} experiments match {where}: {listed}. Add --org NAME to "
                        "choose, or pass the experiment id")
-    try:
-        return str(uuid.UUID(str(found[0].get("id"))))
-    except ValueError:
-        raise ApiError(f"{what}: the API gave an experiment id that is not a UUID") from None
+    found_id = canonical_id(str(found[0].get("id")))
+    if found_id is None:
+        raise ApiError(f"{what}: the API gave an experiment id that is not a UUID")
+    return found_id
+
+
+def base_experiment_id(session: requests.Session, settings: Settings, experiment_id: str,
+                       announce: Callable[[str], None]) -> str:
+    """The experiment's `base_exp_id`: what the web app compares it with by default."""
+    what = f"reading experiment {experiment_id}"
+    answer = send(session, "GET", f"{settings.api_url}/v1/experiment/{experiment_id}", what,
+                  settings, announce)
+    check_status(answer, what, settings, "the experiment was not found or is not readable "
+                 "with this key")
+    data = read_json(answer, what)
+    base = data.get("base_exp_id") if isinstance(data, dict) else None
+    if not base:
+        raise ApiError(f"experiment {experiment_id} has no base experiment (its base_exp_id is "
+                       "empty), so --baseline auto has nothing to compare with: pass --baseline "
+                       "with an experiment id, link or name")
+    base_id = canonical_id(str(base))
+    if base_id is None:
+        raise ApiError(f"{what}: the API gave a base_exp_id that is not a UUID")
+    return base_id
+
+
+def next_cursor(data: Dict[str, Any], answer: Answer) -> Any:
+    """The body's cursor first; then the headers: x-bt-cursor, else the object store's
+    x-amz-meta-bt_cursor on the final answer, else x-bt-cursor on a redirect before it."""
+    return (data.get("cursor") or answer.headers.get("x-bt-cursor")
+            or answer.headers.get("x-amz-meta-bt_cursor")
+            or next((headers["x-bt-cursor"] for headers in answer.redirects
+                     if headers.get("x-bt-cursor")), None))
 
 
 def fetch_pages(session: requests.Session, settings: Settings, experiment_id: str,
-                limit: int, announce: Callable[[str], None]) -> Iterator[List[Any]]:
+                limit: int, announce: Callable[[str], None], label: str = ""
+                ) -> Iterator[List[Any]]:
     """Each page's events, in the API's order, until a page comes back empty or uncursored."""
     url = f"{settings.api_url}/v1/experiment/{experiment_id}/fetch"
     cursors_sent = set()
@@ -481,20 +703,19 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
     page = 0
     while True:
         page += 1
-        what = f"page {page}"
+        what = f"{label}page {page}"
         body: Dict[str, Any] = {"limit": limit}
         if cursor:
             body["cursor"] = cursor
         answer = send(session, "POST", url, what, settings, announce, json=body)
-        check_status(answer, what, settings.key, f"experiment {experiment_id} was not found "
+        check_status(answer, what, settings, f"experiment {experiment_id} was not found "
                      "or is not readable with this key; check the id (copy it from the "
                      "experiment's page) and the organisation of the key")
         data = read_json(answer, what)
         if not isinstance(data, dict) or not isinstance(data.get("events"), list):
             raise ApiError(f"{what}: the answer is JSON but not a page of events "
                            f"({first_bytes(answer)})")
-        # The body's cursor first; some deployments send it only as a header.
-        cursor = data.get("cursor") or answer.headers.get("x-bt-cursor")
+        cursor = next_cursor(data, answer)
         yield data["events"]
         if not data["events"] or not cursor:
             return
@@ -508,17 +729,37 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
 # Events to records: pure functions, no I/O
 # ---------------------------------------------------------------------------------------
 
+class Cost(NamedTuple):
+    """What --include metrics and --summary need from one span: a few numbers."""
+    llm_calls: int
+    prompt_tokens: Any
+    completion_tokens: Any
+    tokens: Any
+    errors: int
+
+
+NO_COST = Cost(0, 0, 0, 0, 0)
+
+
 class RootPart(NamedTuple):
-    """What a record needs from its root span's newest version."""
+    """What a case needs from its root span's newest version."""
     trace: Any
-    record: Dict[str, Any]
-    edited: bool
+    record: Dict[str, Any]  # the seven fields every record has
+    fields: Dict[str, Any]  # what --include, the filters and the summary read
+    cost: Optional[Cost]
 
 
 class ScorePart(NamedTuple):
-    """What a record needs from a scorer span's newest version."""
+    """What a case needs from a scorer span's newest version."""
     trace: Any
     scores: Dict[str, Any]
+    cost: Optional[Cost]
+
+
+class SpanPart(NamedTuple):
+    """Any other span, remembered only when metrics are asked for."""
+    trace: Any
+    cost: Cost
 
 
 def xact_number(event: Dict[str, Any]) -> int:
@@ -565,13 +806,30 @@ def score_dict(scores: Any) -> Dict[str, Any]:
     return scores if isinstance(scores, dict) else {}
 
 
-def essentials(event: Dict[str, Any]) -> Union[RootPart, ScorePart, None]:
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def span_cost(event: Dict[str, Any]) -> Cost:
+    errors = int(event.get("error") is not None)
+    if span_type(event) != "llm":
+        return Cost(0, 0, 0, 0, errors)
+    metrics = event.get("metrics") if isinstance(event.get("metrics"), dict) else {}
+    tokens = [metrics.get(name) for name in ("prompt_tokens", "completion_tokens", "tokens")]
+    return Cost(1, *(value if is_number(value) else 0 for value in tokens), errors)
+
+
+def essentials(event: Dict[str, Any], with_costs: bool = False
+               ) -> Union[RootPart, ScorePart, SpanPart, None]:
     """The part of one event version that records need; None for deletions and for spans
-    that no record shows (task, llm, tool, review...), so the rest of the event can be freed."""
+    that no record shows (task, llm, tool, review...), so the rest of the event can be freed.
+    With `with_costs`, every span also keeps the few numbers its trace's metrics add up."""
     if event.get("_object_delete") is True:
         return None
+    cost = span_cost(event) if with_costs else None
     if is_root_span(event):
         metadata = event.get("metadata")
+        metrics = event.get("metrics") if isinstance(event.get("metrics"), dict) else {}
         record = {
             "root_span_id": event.get("root_span_id"),
             "input": event.get("input"),
@@ -581,22 +839,35 @@ def essentials(event: Dict[str, Any]) -> Union[RootPart, ScorePart, None]:
             "scores": score_dict(event.get("scores")),  # the root's own; merged later
             "origin": dataset_origin(event.get("origin")),
         }
-        return RootPart(event.get("root_span_id"), record,
-                        was_expected_edited(event.get("audit_data")))
+        fields = {
+            "id": event.get("id"),
+            "span_id": event.get("span_id"),
+            "created": event.get("created"),
+            "tags": event.get("tags") or [],
+            "error": event.get("error"),
+            "comments": event.get("comments") or [],
+            "start": metrics.get("start"),
+            "end": metrics.get("end"),
+            "edited": was_expected_edited(event.get("audit_data")),
+        }
+        return RootPart(event.get("root_span_id"), record, fields, cost)
     if span_type(event) == "score":
-        return ScorePart(event.get("root_span_id"), score_dict(event.get("scores")))
+        return ScorePart(event.get("root_span_id"), score_dict(event.get("scores")), cost)
+    if cost is not None:
+        return SpanPart(event.get("root_span_id"), cost)
     return None
 
 
-def absorb(latest: Dict[Any, tuple], events: Iterable[Any]) -> None:
+def absorb(latest: Dict[Any, tuple], events: Iterable[Any], with_costs: bool = False) -> None:
     """Fold a page into `latest`: event id -> (version, essentials) of its newest version.
     Pages run over the whole version history, so an id may come again, older or newer.
     Spans that no record shows are not remembered (every version of a task or llm span is
-    one), so the table grows with the records, not with the events; deletions are."""
+    one, unless costs are asked for), so the table grows with the records, not with the
+    events; deletions are."""
     for event in events:
         if not isinstance(event, dict):
             continue
-        part = essentials(event)
+        part = essentials(event, with_costs)
         if part is None and event.get("_object_delete") is not True:
             continue
         key = event.get("id") or (event.get("root_span_id"), event.get("span_id"))
@@ -606,29 +877,212 @@ def absorb(latest: Dict[Any, tuple], events: Iterable[Any]) -> None:
             latest[key] = (version, part)
 
 
-def count_records(latest: Dict[Any, tuple], edited_only: bool) -> int:
-    return sum(1 for _, part in latest.values()
-               if isinstance(part, RootPart) and (part.edited or not edited_only))
+def add_costs(total: Cost, cost: Cost) -> Cost:
+    return Cost(*(a + b for a, b in zip(total, cost)))
 
 
-def records_from(latest: Dict[Any, tuple], edited_only: bool) -> Iterator[Dict[str, Any]]:
-    """One record per live root, in the order the roots first arrived. Scores: the trace's
-    scorer spans, overlaid by the root's own (the root holds human corrections)."""
+def case_metrics(fields: Dict[str, Any], cost: Cost) -> Dict[str, Any]:
+    """--include metrics: the root's timing, and its trace's llm calls, tokens and errors."""
+    start, end = fields["start"], fields["end"]
+    return {
+        "start": start,
+        "end": end,
+        "duration": end - start if is_number(start) and is_number(end) else None,
+        **cost._asdict(),
+    }
+
+
+def cases_from(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
+    """One case per live root, in the order the roots first arrived: the record's seven
+    fields, then everything the flags may print or filter on. Scores: the trace's scorer
+    spans, overlaid by the root's own (the root holds human corrections)."""
     trace_scores: Dict[Any, Dict[str, Any]] = {}
+    trace_costs: Dict[Any, Cost] = {}
     for _, part in latest.values():
         if isinstance(part, ScorePart):
             trace_scores.setdefault(part.trace, {}).update(part.scores)
+        if part is not None and part.cost is not None:
+            trace_costs[part.trace] = add_costs(trace_costs.get(part.trace, NO_COST), part.cost)
     for _, part in latest.values():
-        if isinstance(part, RootPart) and (part.edited or not edited_only):
-            record = dict(part.record)
-            record["scores"] = {**trace_scores.get(part.trace, {}), **part.record["scores"]}
-            if edited_only:
-                record["edited"] = True
-            yield record
+        if isinstance(part, RootPart):
+            case = dict(part.record)
+            case["scores"] = {**trace_scores.get(part.trace, {}), **part.record["scores"]}
+            case.update(part.fields)
+            if part.cost is not None:
+                case["metrics"] = case_metrics(part.fields, trace_costs[part.trace])
+            yield case
 
 
 # ---------------------------------------------------------------------------------------
-# Output: JSON array or JSON lines, written only once every page has arrived
+# Analysis: filters, baseline comparison, summary; pure functions over cases
+# ---------------------------------------------------------------------------------------
+
+def passes_score(scores: Dict[str, Any], test: ScoreTest) -> bool:
+    value = scores.get(test.name)
+    return is_number(value) and COMPARISONS[test.op](value, test.number)
+
+
+def case_filter(args: argparse.Namespace) -> Callable[[Dict[str, Any]], bool]:
+    """The flags' filters, joined with AND, as one test of a case."""
+    tests: List[Callable[[Dict[str, Any]], bool]] = []
+    if args.edited_only:
+        tests.append(lambda case: case["edited"])
+    if args.errors_only:
+        tests.append(lambda case: case["error"] is not None)
+    for score in args.score or []:
+        tests.append(lambda case, score=score: passes_score(case["scores"], score))
+    if args.tag:
+        wanted = set(args.tag)
+        tests.append(lambda case: wanted.issubset(
+            tag for tag in case["tags"] if isinstance(tag, str)))
+    if args.regressions_only:
+        tests.append(lambda case: case["status"] == "regressed")
+    return lambda case: all(test(case) for test in tests)
+
+
+# A case's key for matching with the baseline: its dataset row when it came from one, else
+# its input (what the web app matches on by default).
+def case_key(case: Dict[str, Any]) -> Tuple[str, str]:
+    origin = case["origin"]
+    if origin and origin.get("dataset_record_id") is not None:
+        return ("dataset_record_id", str(origin["dataset_record_id"]))
+    return ("input", json.dumps(case["input"], sort_keys=True, separators=(",", ":"),
+                                ensure_ascii=False))
+
+
+class BaselineCase(NamedTuple):
+    """All the baseline cases with one key (several with trials)."""
+    root_span_id: Any
+    output: Any
+    score_sums: Dict[str, float]
+    score_counts: Dict[str, int]
+    count: int
+
+
+def baseline_index(cases: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], BaselineCase]:
+    """The baseline's cases by key, keeping only what a comparison shows: the first case's
+    id and output, and per score name a sum and a count for the mean."""
+    index: Dict[Tuple[str, str], BaselineCase] = {}
+    for case in cases:
+        key = case_key(case)
+        known = index.get(key) or BaselineCase(case["root_span_id"], case["output"], {}, {}, 0)
+        sums, counts = dict(known.score_sums), dict(known.score_counts)
+        for name, value in case["scores"].items():
+            if is_number(value):
+                sums[name] = sums.get(name, 0) + value
+                counts[name] = counts.get(name, 0) + 1
+        index[key] = known._replace(score_sums=sums, score_counts=counts, count=known.count + 1)
+    return index
+
+
+CHANGE = 1e-9  # score differences within this are float noise, not a change
+
+
+def comparison(case: Dict[str, Any], index: Dict[Tuple[str, str], BaselineCase]
+               ) -> Dict[str, Any]:
+    """What a case gains with --baseline: the matched baseline, the score diffs, a status."""
+    found = index.get(case_key(case))
+    if found is None:
+        return {"baseline": None, "diff": {}, "status": "new"}
+    scores = {name: found.score_sums[name] / found.score_counts[name]
+              for name in found.score_sums}
+    diff = {name: case["scores"][name] - scores[name] for name in sorted(scores)
+            if is_number(case["scores"].get(name))}
+    if any(change < -CHANGE for change in diff.values()):
+        status = "regressed"
+    elif any(change > CHANGE for change in diff.values()):
+        status = "improved"
+    else:
+        status = "unchanged"
+    return {"baseline": {"root_span_id": found.root_span_id, "output": found.output,
+                         "scores": scores, "count": found.count},
+            "diff": diff, "status": status}
+
+
+def mean(values: List[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def summarise(cases: List[Dict[str, Any]], experiment_id: str,
+              baseline: Optional[Tuple[str, int]] = None) -> Dict[str, Any]:
+    """--summary: one object describing exactly these cases. `baseline` is the baseline's
+    id and how many of its keys no case read had."""
+    names = sorted({name for case in cases for name, value in case["scores"].items()
+                    if is_number(value)})
+    scores = {}
+    for name in names:
+        values = [case["scores"][name] for case in cases if is_number(case["scores"].get(name))]
+        scores[name] = {"count": len(values), "mean": mean(values), "min": min(values),
+                        "max": max(values)}
+        if baseline is not None:
+            matched = [case["baseline"]["scores"][name] for case in cases
+                       if case["baseline"] and is_number(case["baseline"]["scores"].get(name))]
+            diffs = [case["diff"][name] for case in cases if name in case["diff"]]
+            scores[name].update(baseline_mean=mean(matched), diff_mean=mean(diffs),
+                                improvements=sum(1 for d in diffs if d > CHANGE),
+                                regressions=sum(1 for d in diffs if d < -CHANGE))
+    durations = [case["metrics"]["duration"] for case in cases
+                 if is_number(case["metrics"]["duration"])]
+    summary: Dict[str, Any] = {
+        "experiment_id": experiment_id,
+        "records": len(cases),
+        "errors": sum(1 for case in cases if case["error"] is not None),
+        "edited": sum(1 for case in cases if case["edited"]),
+        "scores": scores,
+        "metrics": {"duration_mean": mean(durations),
+                    **{name: sum(case["metrics"][name] for case in cases)
+                       for name in ("llm_calls", "prompt_tokens", "completion_tokens",
+                                    "tokens")}},
+    }
+    if baseline is not None:
+        summary.update(baseline_experiment_id=baseline[0],
+                       matched=sum(1 for case in cases if case["baseline"] is not None),
+                       new=sum(1 for case in cases if case["baseline"] is None),
+                       missing=baseline[1])
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Records: what of a case gets printed
+# ---------------------------------------------------------------------------------------
+
+STANDARD_KEYS = ("root_span_id", "input", "output", "expected", "metadata", "scores", "origin")
+COMPARISON_KEYS = ("baseline", "diff", "status")
+TRUNCATED_KEYS = ("input", "output", "expected", "metadata", "error")
+
+
+def record_keys(args: argparse.Namespace) -> List[str]:
+    """A record's keys, in order: the standard seven, --include's, the comparison, edited."""
+    return [*STANDARD_KEYS, *args.include,
+            *(COMPARISON_KEYS if args.baseline is not None else ()),
+            *(("edited",) if args.edited_only else ())]
+
+
+def truncated(value: Any, most: int) -> Any:
+    """Every string inside `value` cut to `most` characters, saying how many were cut."""
+    if isinstance(value, str) and len(value) > most:
+        return f"{value[:most]}…[+{len(value) - most} chars]"
+    if isinstance(value, dict):
+        return {key: truncated(item, most) for key, item in value.items()}
+    if isinstance(value, list):
+        return [truncated(item, most) for item in value]
+    return value
+
+
+def as_record(case: Dict[str, Any], keys: List[str], most: Optional[int]) -> Dict[str, Any]:
+    record = {key: case[key] for key in keys}
+    if most is not None:
+        for key in TRUNCATED_KEYS:
+            if key in record:
+                record[key] = truncated(record[key], most)
+        if record.get("baseline"):  # the baseline's output is as long as the record's
+            record["baseline"] = dict(record["baseline"],
+                                      output=truncated(record["baseline"]["output"], most))
+    return record
+
+
+# ---------------------------------------------------------------------------------------
+# Output: JSON array, JSON lines or CSV, written only once every page has arrived
 # ---------------------------------------------------------------------------------------
 
 # Built once: json.dumps with options would build a new encoder for every record.
@@ -636,7 +1090,7 @@ INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2)
 COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def encode(record: Dict[str, Any], encoder: json.JSONEncoder) -> bytes:
+def encode(record: Any, encoder: json.JSONEncoder) -> bytes:
     try:
         return encoder.encode(record).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from the API: keep it, as a \u escape
@@ -660,10 +1114,56 @@ def render(records: Iterable[Dict[str, Any]], output_format: str) -> Iterator[by
     yield b"[]\n" if opening == b"[\n  " else b"\n]\n"
 
 
+def render_summary(summary: Dict[str, Any], output_format: str) -> Iterator[bytes]:
+    yield encode(summary, COMPACT if output_format == "jsonl" else INDENTED) + b"\n"
+
+
+def csv_columns(keys: List[str], score_names: Iterable[str]) -> List[str]:
+    """The record's keys, with scores and origin spread over one column each."""
+    columns: List[str] = []
+    for key in keys:
+        if key == "scores":
+            columns += [f"scores.{name}" for name in sorted(score_names)]
+        elif key == "origin":
+            columns += ["origin.dataset_id", "origin.dataset_record_id"]
+        else:
+            columns.append(key)
+    return columns
+
+
+def csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return COMPACT.encode(value)
+
+
+def csv_value(record: Dict[str, Any], column: str) -> Any:
+    key, _, name = column.partition(".")
+    if name and key in ("scores", "origin"):
+        return (record[key] or {}).get(name)
+    return record[column]
+
+
+def render_csv(records: List[Dict[str, Any]], keys: List[str]) -> Iterator[bytes]:
+    """RFC 4180 (the csv module's defaults: quoted when needed, CRLF), UTF-8, a header row."""
+    columns = csv_columns(keys, {name for record in records for name in record["scores"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([csv_cell(csv_value(record, column)) for column in columns])
+        yield buffer.getvalue().encode("utf-8", "backslashreplace")
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().encode("utf-8", "backslashreplace")
+
+
 def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
     """Write to a temporary file beside `path`, then rename it over `path`: a failed or
     interrupted run leaves an existing file as it was, and no temporary file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(path)
     try:
         mode = os.stat(path).st_mode & 0o777  # a replaced file keeps its permissions
     except FileNotFoundError:
@@ -688,6 +1188,25 @@ def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
         raise
 
 
+def write_into(path: str, chunks: Iterable[bytes]) -> None:
+    """A FIFO or a device (/dev/null, /dev/stdout) is written into: it can't be replaced."""
+    with open(path, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+
+
+def write_file(path: str, chunks: Iterable[bytes]) -> None:
+    """--output: a regular file is replaced atomically (a symlink's target, so the link
+    stays a link); anything else that exists is written into."""
+    try:
+        if is_regular_or_missing(path):
+            write_atomically(os.path.realpath(path), chunks)
+        else:
+            write_into(path, chunks)
+    except OSError as error:
+        raise ApiError(f"could not write {path!r}: {error.strerror or error}") from None
+
+
 def write_stdout(chunks: Iterable[bytes]) -> None:
     out = sys.stdout.buffer
     for chunk in chunks:
@@ -699,40 +1218,102 @@ def write_stdout(chunks: Iterable[bytes]) -> None:
 # main
 # ---------------------------------------------------------------------------------------
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
+                    args: argparse.Namespace, announce: Callable[[str], None],
+                    progress: Optional[Callable[..., None]], label: str = "",
+                    count: Optional[Callable[[Dict[Any, tuple]], int]] = None,
+                    stop_at: Optional[int] = None) -> Dict[Any, tuple]:
+    """Every page of one experiment folded into a table of newest versions. `count` says
+    how many records the pages so far give: shown as progress, and with `stop_at`, no page
+    is requested once it reaches that many."""
+    with_costs = args.summary or "metrics" in args.include
+    count = count or count_roots
+    latest: Dict[Any, tuple] = {}
+    events = pages = found = 0
+    for page in fetch_pages(session, settings, experiment_id, args.limit, announce, label):
+        absorb(latest, page, with_costs)
+        pages, events = pages + 1, events + len(page)
+        if progress or stop_at:
+            found = count(latest)
+            if progress:
+                progress(f"{label}page {pages}: {len(page)} events ({events} in all), "
+                         f"{found} records so far")
+            if stop_at and found >= stop_at:
+                found = stop_at
+                break
+    if progress:
+        progress(f"{label}{plural(found, 'record')} from {plural(pages, 'page')} "
+                 f"({plural(events, 'event')})", done=True)
+    return latest
+
+
+def count_roots(latest: Dict[Any, tuple]) -> int:
+    return sum(1 for _, part in latest.values() if isinstance(part, RootPart))
+
+
 def run(args: argparse.Namespace, target: Target, settings: Settings,
         tell: Callable[[str], None], progress: Optional[Callable[[str], None]]) -> None:
     # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
     # growing record table on every page it parses: reference counting frees everything.
     gc.disable()
     announce = (lambda line: None) if args.quiet else tell
+    baseline_target = (parse_baseline(args.baseline, target) if args.baseline is not None
+                       else None)
     session = open_session(settings)
-    experiment_id = target.id
-    if experiment_id is None:
-        experiment_id = resolve_experiment(session, settings, target, announce)
+    experiment_id = resolve_experiment(session, settings, target, announce)
+    if args.verbose and target.id is None:
+        tell(f"{target.name!r} in project {target.project!r} is experiment {experiment_id}")
+    index = None
+    if baseline_target is not None:
+        baseline_id = (base_experiment_id(session, settings, experiment_id, announce)
+                       if baseline_target == AUTO else
+                       resolve_experiment(session, settings, baseline_target, announce))
+        if baseline_id == experiment_id:
+            raise UsageError(f"--baseline is experiment {experiment_id} itself: compare with "
+                             "another one")
         if args.verbose:
-            tell(f"{target.name!r} in project {target.project!r} is experiment {experiment_id}")
-    latest: Dict[Any, tuple] = {}
-    events = pages = found = 0
-    for page in fetch_pages(session, settings, experiment_id, args.limit, announce):
-        absorb(latest, page)
-        pages, events = pages + 1, events + len(page)
-        if progress or args.max_results:
-            found = count_records(latest, args.edited_only)
-            if progress:
-                progress(f"page {pages}: {len(page)} events ({events} in all), "
-                         f"{found} records so far")
-            if args.max_results and found >= args.max_results:
-                break
-    if progress:
-        progress(f"{min(found, args.max_results or found)} records from {pages} pages "
-                 f"({events} events)")
-    records = islice(records_from(latest, args.edited_only), args.max_results)
-    chunks = render(records, args.format)
+            tell(f"baseline: experiment {baseline_id}")
+        index = baseline_index(cases_from(read_experiment(
+            session, settings, baseline_id, args, announce, progress, label="baseline ")))
+
+    keep = case_filter(args)
+
+    def selected(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
+        for case in cases_from(latest):
+            if index is not None:
+                case.update(comparison(case, index))
+            if keep(case):
+                yield case
+
+    latest = read_experiment(session, settings, experiment_id, args, announce, progress,
+                             count=lambda table: sum(1 for _ in selected(table)),
+                             stop_at=args.max_results)
+    session.close()
+    cases = islice(selected(latest), args.max_results)
+    if args.summary:
+        cases = list(cases)
+        missing = None
+        if index is not None:
+            read = {case_key(case) for case in cases_from(latest)}
+            missing = (baseline_id, sum(1 for key in index if key not in read))
+        chunks = render_summary(summarise(cases, experiment_id, missing), args.format)
+    else:
+        keys = record_keys(args)
+        records = (as_record(case, keys, args.truncate) for case in cases)
+        chunks = (render_csv(list(records), keys) if args.format == "csv"
+                  else render(records, args.format))
     if args.output:
-        write_atomically(args.output, chunks)
+        write_file(args.output, chunks)
     else:
         write_stdout(chunks)
-    session.close()
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -744,25 +1325,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(("\r\x1b[K" if stderr_is_tty else "") + line + "\n")
         sys.stderr.flush()
 
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         args = parse_args(argv)
         target = parse_target(args.experiment, args.project, args.org)
         settings = read_settings(args, dict(os.environ))
         secret = settings.key
 
-        def overwrite(line: str) -> None:
-            sys.stderr.write(f"\r\x1b[K{line}")
+        def overwrite(line: str, done: bool = False) -> None:
+            # The last line is ended, so output on the same terminal starts on a line of its own.
+            sys.stderr.write("\r\x1b[K" + line + ("\n" if done else ""))
             sys.stderr.flush()
 
         # A line per page with --verbose; on a terminal, one line that keeps updating.
-        progress: Optional[Callable[[str], None]] = None
+        progress: Optional[Callable[..., None]] = None
         if args.verbose:
-            progress = tell
+            progress = lambda line, done=False: tell(line)  # noqa: E731
         elif stderr_is_tty and not args.quiet:
             progress = overwrite
         run(args, target, settings, tell, progress)
-        if progress is overwrite:
-            sys.stderr.write("\n")  # keep the last progress line: it sums the run up
         return EXIT_OK
     except UsageError as error:
         tell(f"{PROG}: error: {error}")
@@ -773,11 +1354,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         tell(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
+    except Terminated:
+        tell(f"{PROG}: terminated")
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # The reader went away (| head): not an error of ours; silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except OSError as error:  # writing the output failed: disk full, permissions...
+    except OSError as error:  # writing stdout failed: disk full...
         where = f" ({error.filename})" if error.filename else ""
         tell(f"{PROG}: error: {error.strerror or error}{where}")
         return EXIT_API

@@ -1,0 +1,280 @@
+"""End to end: records an agent can act on (issue 9): --include, the filters, --truncate,
+--format csv and --summary, against the `analysis` experiment. Expected values come from
+experiments.ANALYSIS_TRUTH, written by hand from how each case was built."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+import experiments
+from experiments import ANALYSIS_ORDER, ANALYSIS_TRUTH, root_of
+
+STANDARD = ["root_span_id", "input", "output", "expected", "metadata", "scores", "origin"]
+
+
+def newest_root(catalog, name):
+    return max((row for row in catalog.analysis_cases[name] if row.get("is_root")),
+               key=lambda row: int(row["_xact_id"]))
+
+
+def record(catalog, name, *fields):
+    """The record of case `name` with the --include `fields`, from the generator's truth."""
+    root, truth = newest_root(catalog, name), ANALYSIS_TRUTH[name]
+    extra = {"id": root["id"], "span_id": root["span_id"], "created": root["created"],
+             **{key: truth[key] for key in ("tags", "error", "comments", "metrics")}}
+    return {**experiments.analysis_record(catalog.analysis_cases, name),
+            **{field: extra[field] for field in fields}}
+
+
+def names_of(records, catalog):
+    by_trace = {newest_root(catalog, name)["root_span_id"]: name for name in ANALYSIS_ORDER}
+    return [by_trace[r["root_span_id"]] for r in records]
+
+
+# -- --include ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["id", "span_id", "created", "tags", "error", "comments",
+                                   "metrics"])
+def test_include_adds_one_field_after_origin(run, catalog, field):
+    records = run(catalog.analysis, "--include", field).json()
+    assert records == [record(catalog, name, field) for name in ANALYSIS_ORDER]
+    assert all(list(r) == STANDARD + [field] for r in records)
+
+
+def test_include_all_adds_every_field_in_the_documented_order(run, catalog):
+    records = run(catalog.analysis, "--include", "all").json()
+    fields = ["id", "span_id", "created", "tags", "error", "comments", "metrics"]
+    assert records == [record(catalog, name, *fields) for name in ANALYSIS_ORDER]
+    assert all(list(r) == STANDARD + fields for r in records)
+
+
+def test_included_fields_come_in_their_own_order_whatever_order_they_were_asked_in(run,
+                                                                                   catalog):
+    records = run(catalog.analysis, "--include", "metrics,id", "--include", "tags").json()
+    assert list(records[0]) == STANDARD + ["id", "tags", "metrics"]
+
+
+def test_edited_stays_last_after_included_fields(run, catalog):
+    records = run(catalog.analysis, "--edited-only", "--include", "error,id").json()
+    assert [list(r)[-3:] for r in records] == [["id", "error", "edited"]] * 2
+    assert records == [dict(record(catalog, name, "id", "error"), edited=True)
+                       for name in ("edited_ok", "edited_error")]
+
+
+@pytest.mark.parametrize("limit", ["1", "3"])
+def test_metrics_add_up_a_trace_whose_spans_arrive_on_different_pages(run, catalog, limit):
+    records = run(catalog.analysis, "--include", "metrics", "--limit", limit).json()
+    assert [r["metrics"] for r in records] == [ANALYSIS_TRUTH[n]["metrics"]
+                                               for n in ANALYSIS_ORDER]
+
+
+def test_an_unknown_include_field_is_a_usage_error_listing_the_fields(run, api, catalog):
+    result = run(catalog.analysis, "--include", "id,cost")
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "'cost'" in result.stderr
+    assert "id, span_id, created, tags, error, comments, metrics" in result.stderr
+
+
+# -- filters --------------------------------------------------------------------------------
+
+def test_errors_only_keeps_the_cases_whose_root_failed(run, catalog):
+    records = run(catalog.analysis, "--errors-only").json()
+    assert records == [record(catalog, name) for name in ANALYSIS_ORDER
+                       if ANALYSIS_TRUTH[name]["error"] is not None]
+    assert names_of(records, catalog) == ["edited_error", "error_object", "failed"]
+
+
+@pytest.mark.parametrize("expr, op", [
+    ("Exact Match<1", lambda v: v < 1), ("Exact Match <= 0.5", lambda v: v <= 0.5),
+    ("  Accuracy>=0.5 ", lambda v: v >= 0.5), ("Accuracy>0", lambda v: v > 0),
+    ("Exact Match==0.5", lambda v: v == 0.5), ("Accuracy!=0.2", lambda v: v != 0.2)])
+def test_score_keeps_the_cases_whose_score_passes_and_a_missing_or_null_one_fails(
+        run, catalog, expr, op):
+    name = expr.strip().split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip()
+    want = [n for n in ANALYSIS_ORDER
+            if ANALYSIS_TRUTH[n]["scores"].get(name) is not None
+            and op(ANALYSIS_TRUTH[n]["scores"][name])]
+    assert names_of(run(catalog.analysis, "--score", expr).json(), catalog) == want
+
+
+def test_several_scores_must_all_pass(run, catalog):
+    records = run(catalog.analysis, "--score", "Exact Match<1", "--score", "Accuracy<0.5").json()
+    assert names_of(records, catalog) == ["partial_metrics", "child_error"]
+
+
+def test_tag_keeps_the_cases_holding_every_tag_given(run, catalog):
+    assert names_of(run(catalog.analysis, "--tag", "smoke").json(), catalog) == [
+        "edited_ok", "failed", "ok"]
+    assert names_of(run(catalog.analysis, "--tag", "smoke", "--tag", "slow").json(),
+                    catalog) == ["failed"]
+
+
+def test_filters_combine_with_edited_only_as_and(run, catalog):
+    records = run(catalog.analysis, "--edited-only", "--errors-only").json()
+    assert records == [dict(record(catalog, "edited_error"), edited=True)]
+
+
+def test_max_results_counts_the_records_left_after_the_filters(run, catalog):
+    records = run(catalog.analysis, "--errors-only", "--max-results", "2").json()
+    assert names_of(records, catalog) == ["edited_error", "error_object"]
+
+
+@pytest.mark.parametrize("expr", ["Exact Match", "<1", "Exact Match<one", "Exact Match=1",
+                                  "Exact Match<nan", "Exact Match<1 2"])
+def test_a_malformed_score_is_a_usage_error_showing_the_form(run, api, catalog, expr):
+    result = run(catalog.analysis, "--score", expr)
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "NAME OP NUMBER" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# -- --truncate -----------------------------------------------------------------------------
+
+def test_truncate_cuts_longer_strings_and_keeps_ones_of_exactly_n(run, catalog):
+    [long_text] = [r for r in run(catalog.analysis, "--truncate", "10").json()
+                   if names_of([r], catalog) == ["long_text"]]
+    assert long_text == dict(
+        record(catalog, "long_text"), input="a" * 10, output="b" * 10 + "…[+1 chars]",
+        expected={"text": "c" * 10 + "…[+2 chars]", "n": 12345678901},
+        metadata={"note": "d" * 10 + "…[+1 chars]",
+                  "a_key_longer_than_ten": ["e" * 10, "f" * 10 + "…[+3 chars]"]})
+
+
+def test_truncate_reaches_the_error_and_leaves_ids_tags_and_scores(run, catalog):
+    records = run(catalog.analysis, "--truncate", "4", "--include", "error,tags,id",
+                  "--errors-only").json()
+    errors = [r["error"] for r in records]
+    assert errors == ["boom", {"message": "bad …[+7 chars]", "type": "Valu…[+6 chars]"},
+                      "Time…[+29 chars]"]
+    assert [r["tags"] for r in records] == [[], ["slow"], ["smoke", "slow"]]
+    assert [(r["root_span_id"], r["id"], r["scores"]) for r in records] == [
+        (record(catalog, n, "id")["root_span_id"], record(catalog, n, "id")["id"],
+         ANALYSIS_TRUTH[n]["scores"]) for n in ("edited_error", "error_object", "failed")]
+
+
+def test_truncate_needs_a_positive_number(run, api, catalog):
+    result = run(catalog.analysis, "--truncate", "0")
+    assert (result.code, api.requests) == (2, [])
+
+
+# -- --format csv ---------------------------------------------------------------------------
+
+def csv_rows(stdout):
+    return list(csv.DictReader(io.StringIO(stdout.decode("utf-8"), newline="")))
+
+
+def test_csv_has_a_header_and_one_row_per_record_cell_by_cell(run, catalog):
+    result = run(catalog.analysis, "--format", "csv", "--include", "tags,error")
+    rows = csv_rows(result.stdout)
+    assert list(rows[0]) == ["root_span_id", "input", "output", "expected", "metadata",
+                             "scores.Accuracy", "scores.Exact Match", "origin.dataset_id",
+                             "origin.dataset_record_id", "tags", "error"]
+
+    def cell(value):
+        if value is None:
+            return ""
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"),
+                                                                ensure_ascii=False)
+
+    for row, name in zip(rows, ANALYSIS_ORDER, strict=True):
+        want = record(catalog, name, "tags", "error")
+        assert row == {"root_span_id": want["root_span_id"], "input": cell(want["input"]),
+                       "output": cell(want["output"]), "expected": cell(want["expected"]),
+                       "metadata": cell(want["metadata"]),
+                       "scores.Accuracy": cell(want["scores"].get("Accuracy")),
+                       "scores.Exact Match": cell(want["scores"].get("Exact Match")),
+                       "origin.dataset_id": want["origin"]["dataset_id"],
+                       "origin.dataset_record_id": want["origin"]["dataset_record_id"],
+                       "tags": cell(want["tags"]), "error": cell(want["error"])}
+
+
+def test_csv_cells_are_json_text_for_numbers_and_objects_and_empty_for_null(run, catalog):
+    rows = {row["input"]: row for row in csv_rows(
+        run(catalog.analysis, "--format", "csv", "--include", "error").stdout)}
+    assert rows["input of ok"]["scores.Accuracy"] == "0.9"
+    assert rows["input of ok"]["output"] == 'He said "hi", then\nleft'
+    assert rows["input of failed"]["output"] == "" and rows["input of failed"]["scores.Accuracy"] == ""
+    assert rows["input of two_llm"]["scores.Accuracy"] == ""
+    assert rows["aaaaaaaaaa"]["expected"] == '{"text":"cccccccccccc","n":12345678901}'
+    assert rows["input of error_object"]["error"] == '{"message":"bad request","type":"ValueError"}'
+
+
+def test_csv_is_rfc_4180_with_crlf_line_ends_and_quoted_cells(run, catalog):
+    stdout = run(catalog.analysis, "--format", "csv", "--max-results", "1").stdout
+    assert stdout.count(b"\r\n") == 2 and not stdout.replace(b"\r\n", b"").count(b"\n") > 0
+    stdout = run(catalog.analysis, "--format", "csv").stdout
+    assert b'"He said ""hi"", then\nleft"' in stdout
+
+
+@pytest.mark.parametrize("args, header", [
+    ((), "root_span_id,input,output,expected,metadata,origin.dataset_id,"
+         "origin.dataset_record_id"),
+    (("--include", "id,metrics", "--edited-only"),
+     "root_span_id,input,output,expected,metadata,origin.dataset_id,"
+     "origin.dataset_record_id,id,metrics,edited")])
+def test_csv_of_no_records_is_the_header_alone_without_score_columns(run, catalog, args,
+                                                                     header):
+    result = run(catalog.empty, "--format", "csv", *args)
+    assert (result.code, result.stdout) == (0, header.encode() + b"\r\n")
+
+
+def test_csv_of_records_all_filtered_away_is_the_header_alone(run, catalog):
+    result = run(catalog.analysis, "--format", "csv", "--tag", "no such tag")
+    assert result.stdout == (b"root_span_id,input,output,expected,metadata,origin.dataset_id,"
+                             b"origin.dataset_record_id\r\n")
+
+
+# -- --summary ------------------------------------------------------------------------------
+
+def summary_of(names, experiment_id):
+    """The summary of these cases, computed here from the truth."""
+    truths = [ANALYSIS_TRUTH[name] for name in names]
+    scores = {}
+    for score in sorted({s for t in truths for s, v in t["scores"].items() if v is not None}):
+        values = [t["scores"][score] for t in truths if t["scores"].get(score) is not None]
+        scores[score] = {"count": len(values), "mean": sum(values) / len(values),
+                         "min": min(values), "max": max(values)}
+    durations = [t["metrics"]["duration"] for t in truths if t["metrics"]["duration"] is not None]
+    return {"experiment_id": experiment_id, "records": len(names),
+            "errors": sum(t["error"] is not None for t in truths),
+            "edited": sum(t["edited"] for t in truths), "scores": scores,
+            "metrics": {"duration_mean": sum(durations) / len(durations) if durations else None,
+                        **{key: sum(t["metrics"][key] for t in truths)
+                           for key in ("llm_calls", "prompt_tokens", "completion_tokens",
+                                       "tokens")}}}
+
+
+def test_summary_describes_every_record(run, catalog):
+    result = run(catalog.analysis, "--summary")
+    assert result.json() == summary_of(ANALYSIS_ORDER, catalog.analysis)
+    assert result.stdout == (json.dumps(result.json(), indent=2, ensure_ascii=False)
+                             + "\n").encode()
+
+
+def test_summary_describes_exactly_the_records_the_filters_and_max_results_leave(run, catalog):
+    result = run(catalog.analysis, "--summary", "--score", "Exact Match<1",
+                 "--max-results", "3")
+    assert result.json() == summary_of(["edited_error", "error_object", "partial_metrics"],
+                                       catalog.analysis)
+
+
+def test_summary_of_no_records_has_zeros_and_nulls(run, catalog):
+    assert run(catalog.empty, "--summary").json() == {
+        "experiment_id": catalog.empty, "records": 0, "errors": 0, "edited": 0, "scores": {},
+        "metrics": {"duration_mean": None, "llm_calls": 0, "prompt_tokens": 0,
+                    "completion_tokens": 0, "tokens": 0}}
+
+
+def test_summary_with_jsonl_is_one_compact_line(run, catalog):
+    stdout = run(catalog.analysis, "--summary", "--format", "jsonl").stdout
+    assert stdout.count(b"\n") == 1 and json.loads(stdout) == summary_of(ANALYSIS_ORDER,
+                                                                         catalog.analysis)
+    assert b": " not in stdout
+
+
+def test_summary_with_csv_is_a_usage_error(run, api, catalog):
+    result = run(catalog.analysis, "--summary", "--format", "csv")
+    assert (result.code, api.requests) == (2, [])
+    assert "--summary" in result.stderr

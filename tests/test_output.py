@@ -1,0 +1,194 @@
+"""End to end: where the output goes and how the run ends (issue 8): --output into
+symlinks, FIFOs and devices, failed writes, SIGTERM, a reader that goes away, a terminal."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import experiments
+from conftest import SCRIPT, assert_no_key, load_script
+
+script = load_script()
+
+
+def rich_json(run, catalog):
+    return run(catalog.rich).stdout
+
+
+def files_in(folder):
+    return sorted(path.name for path in folder.iterdir())
+
+
+# -- --output -------------------------------------------------------------------------------
+
+def test_output_through_a_symlink_replaces_its_target_and_the_link_stays(run, catalog,
+                                                                          tmp_path):
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "data" / "results.json"
+    target.write_text("old")
+    link = tmp_path / "latest.json"
+    link.symlink_to(target)
+    assert run(catalog.rich, "--output", str(link)).code == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == rich_json(run, catalog)
+    assert files_in(tmp_path / "data") == ["results.json"]
+
+
+def test_output_into_a_fifo_is_written_straight_into_it(run, catalog, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = run(catalog.rich, "--output", str(fifo))
+    reader.join(timeout=30)
+    assert result.code == 0, result.stderr
+    assert received == [rich_json(run, catalog)]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and files_in(tmp_path) == ["pipe"]
+
+
+def test_output_dev_null_is_written_into_and_never_replaced(run, catalog):
+    before = os.stat("/dev/null")
+    result = run(catalog.rich, "--output", "/dev/null")
+    after = os.stat("/dev/null")
+    assert (result.code, result.stdout) == (0, b"")
+    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+
+
+def test_output_dev_stdout_writes_to_stdout(run, catalog):
+    assert run(catalog.rich, "--output", "/dev/stdout").stdout == rich_json(run, catalog)
+
+
+def test_output_dash_means_stdout(run, catalog, tmp_path):
+    result = run(catalog.rich, "--output", "-")
+    assert (result.code, result.stdout) == (0, rich_json(run, catalog))
+    assert files_in(tmp_path) == []
+
+
+def test_an_empty_output_is_a_usage_error_before_any_request(run, api, catalog):
+    result = run(catalog.rich, "--output", "")
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "--output" in result.stderr
+
+
+def test_a_write_past_the_file_size_limit_names_the_file_and_keeps_the_old_one(env, catalog,
+                                                                               tmp_path):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"previous results\n")
+
+    def limit_file_size():  # real EFBIG from the kernel: no mocking
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    done = subprocess.run([sys.executable, str(SCRIPT), catalog.rich, "--output", str(target)],
+                          env=env, cwd=tmp_path, capture_output=True, timeout=60,
+                          preexec_fn=limit_file_size)
+    assert_no_key(done.stdout, done.stderr)
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr.decode().splitlines() == [
+        f"fetch_experiment_results.py: error: could not write {str(target)!r}: File too large"]
+    assert target.read_bytes() == b"previous results\n"
+    assert files_in(tmp_path) == ["results.json"]
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"previous results\n")
+
+    def chunks():
+        yield b"[\n"
+        raise script.Terminated()
+
+    with pytest.raises(script.Terminated):
+        script.write_file(str(target), chunks())
+    assert target.read_bytes() == b"previous results\n"
+    assert files_in(tmp_path) == ["results.json"]
+
+
+def test_sigterm_exits_143_with_one_line_and_leaves_the_output_file(api, env, catalog,
+                                                                     tmp_path):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"previous results\n")
+    api.faults[2] = {"delay": 8}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.rich, "--limit", "3",
+                                "--output", str(target)], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while len(api.requests) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=20)
+    assert_no_key(stdout, stderr)
+    assert (process.returncode, stdout) == (143, b"")
+    assert stderr.decode().splitlines() == ["fetch_experiment_results.py: terminated"]
+    assert target.read_bytes() == b"previous results\n"
+    assert files_in(tmp_path) == ["results.json"]
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly_with_exit_0(env, catalog, tmp_path):
+    # As `| head -c 10`: the reader closes the pipe, so the write meets EPIPE.
+    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.many], env=env,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(10)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=30) == 0
+    assert stderr == b""
+
+
+def test_head_in_a_shell_pipeline_gets_its_bytes_and_no_traceback(env, catalog, tmp_path):
+    done = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" "{SCRIPT}" {catalog.many} | head -c 10; '
+                       'exit "${PIPESTATUS[0]}"'],
+        env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"[\n  {\n    ", b"")
+
+
+# -- a terminal -----------------------------------------------------------------------------
+
+def on_a_terminal(env, tmp_path, *args):
+    """Run with stdout and stderr on one pseudo-terminal, as in an interactive shell."""
+    leader, follower = pty.openpty()
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=tmp_path,
+                          stdout=follower, stderr=follower, stdin=subprocess.DEVNULL,
+                          timeout=60)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert_no_key(shown)
+    return done.returncode, shown.replace(b"\r\n", b"\n")
+
+
+def test_on_a_terminal_the_records_start_on_a_line_of_their_own(env, catalog, tmp_path):
+    code, shown = on_a_terminal(env, tmp_path, catalog.rich, "--limit", "10",
+                                "--format", "jsonl")
+    assert code == 0
+    progress, _, records = shown.partition(b"\n")
+    assert progress.endswith(b"24 records from 5 pages (118 events)")
+    lines = records.decode().split("\n")
+    assert lines[-1] == ""  # the output's own last newline, and no blank line after it
+    assert [json.loads(line) for line in lines[:-1]] == [
+        experiments.expected_record(catalog.rich_cases, name)
+        for name in experiments.RICH_ORDER]
+
+
+def test_progress_counts_read_naturally_in_the_singular(run, catalog):
+    result = run(catalog.rich, "--max-results", "1", "--verbose")
+    assert result.stderr.splitlines()[-1] == "1 record from 1 page (118 events)"
