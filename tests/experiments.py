@@ -186,6 +186,7 @@ def analysis(experiment_id: str) -> Dict[str, List[Dict[str, Any]]]:
          expected={"text": "c" * 12, "n": 12345678901},
          metadata={"note": "d" * 11, "a_key_longer_than_ten": ["e" * 10, "f" * 13]})
     deleted_llm = case("deleted_llm", {"Exact Match": 1.0})
+    case("empty_error", {"Exact Match": 0.0}, error="")  # not null: an error all the same
     case("edited_error", {"Exact Match": 0.0}, error="boom")
     case("edited_ok", {"Exact Match": 1.0}, tags=["smoke"])
     deleted_llm.append(deleted(ids, _spans(deleted_llm, "llm")[0]))
@@ -195,7 +196,7 @@ def analysis(experiment_id: str) -> Dict[str, List[Dict[str, Any]]]:
 
 
 # Newest root first: the two edits, then the cases, newest first.
-ANALYSIS_ORDER = ["edited_ok", "edited_error", "deleted_llm", "long_text", "error_object",
+ANALYSIS_ORDER = ["edited_ok", "edited_error", "empty_error", "deleted_llm", "long_text", "error_object",
                   "partial_metrics", "two_llm", "child_error", "failed", "ok"]
 
 _RUN = {"start": 1763633700.25, "end": 1763633702.5, "duration": 2.25}
@@ -230,6 +231,8 @@ ANALYSIS_TRUTH: Dict[str, Dict[str, Any]] = {
                     "comments": [], "edited": False,
                     "metrics": {**_RUN, "llm_calls": 0, "prompt_tokens": 0,
                                 "completion_tokens": 0, "tokens": 0, "errors": 0}},
+    "empty_error": {"scores": {"Exact Match": 0.0}, "tags": [], "error": "", "comments": [],
+                    "edited": False, "metrics": {**_RUN, **_ONE_LLM, "errors": 1}},
     "edited_error": {"scores": {"Exact Match": 0.0}, "tags": [], "error": "boom",
                      "comments": [], "edited": True,
                      "metrics": {**_RUN, **_ONE_LLM, "errors": 1}},
@@ -280,7 +283,7 @@ def pair(current_id: str, baseline_id: str
     case("improved", {"Exact Match": 1.0}, {"Exact Match": 0.0})
     case("unchanged", {"Exact Match": 1.0, "Accuracy": 0.5},
          {"Exact Match": 1.0, "Accuracy": 0.5})
-    case("float_noise", {"Accuracy": 0.1 + 0.2}, {"Accuracy": 0.3})
+    case("float_noise", {"Accuracy": 0.3}, {"Accuracy": 0.1 + 0.2})
     case("new", {"Exact Match": 1.0})
     case("trials", {"Exact Match": 0.0}, {"Exact Match": 1.0}, {"Exact Match": 0.0})
     case("by_input", {"Exact Match": 1.0}, {"Exact Match": 0.5},
@@ -311,8 +314,8 @@ PAIR_TRUTH: Dict[str, Dict[str, Any]] = {
     "unchanged": {"baseline": {"Exact Match": 1.0, "Accuracy": 0.5}, "count": 1,
                   "first": "unchanged#0", "diff": {"Accuracy": 0.0, "Exact Match": 0.0},
                   "status": "unchanged"},
-    "float_noise": {"baseline": {"Accuracy": 0.3}, "count": 1, "first": "float_noise#0",
-                    "diff": {"Accuracy": (0.1 + 0.2) - 0.3}, "status": "unchanged"},
+    "float_noise": {"baseline": {"Accuracy": 0.1 + 0.2}, "count": 1, "first": "float_noise#0",
+                    "diff": {"Accuracy": 0.3 - (0.1 + 0.2)}, "status": "unchanged"},
     "new": {"baseline": None, "diff": {}, "status": "new"},
     "trials": {"baseline": {"Exact Match": 0.5}, "count": 2, "first": "trials#1",
                "diff": {"Exact Match": -0.5}, "status": "regressed"},

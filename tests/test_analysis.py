@@ -84,7 +84,8 @@ def test_errors_only_keeps_the_cases_whose_root_failed(run, catalog):
     records = run(catalog.analysis, "--errors-only").json()
     assert records == [record(catalog, name) for name in ANALYSIS_ORDER
                        if ANALYSIS_TRUTH[name]["error"] is not None]
-    assert names_of(records, catalog) == ["edited_error", "error_object", "failed"]
+    assert names_of(records, catalog) == ["edited_error", "empty_error", "error_object",
+                                          "failed"]
 
 
 @pytest.mark.parametrize("expr, op", [
@@ -119,7 +120,7 @@ def test_filters_combine_with_edited_only_as_and(run, catalog):
 
 def test_max_results_counts_the_records_left_after_the_filters(run, catalog):
     records = run(catalog.analysis, "--errors-only", "--max-results", "2").json()
-    assert names_of(records, catalog) == ["edited_error", "error_object"]
+    assert names_of(records, catalog) == ["edited_error", "empty_error"]
 
 
 @pytest.mark.parametrize("expr", ["Exact Match", "<1", "Exact Match<one", "Exact Match=1",
@@ -146,12 +147,13 @@ def test_truncate_reaches_the_error_and_leaves_ids_tags_and_scores(run, catalog)
     records = run(catalog.analysis, "--truncate", "4", "--include", "error,tags,id",
                   "--errors-only").json()
     errors = [r["error"] for r in records]
-    assert errors == ["boom", {"message": "bad …[+7 chars]", "type": "Valu…[+6 chars]"},
+    assert errors == ["boom", "", {"message": "bad …[+7 chars]", "type": "Valu…[+6 chars]"},
                       "Time…[+29 chars]"]
-    assert [r["tags"] for r in records] == [[], ["slow"], ["smoke", "slow"]]
+    assert [r["tags"] for r in records] == [[], [], ["slow"], ["smoke", "slow"]]
     assert [(r["root_span_id"], r["id"], r["scores"]) for r in records] == [
         (record(catalog, n, "id")["root_span_id"], record(catalog, n, "id")["id"],
-         ANALYSIS_TRUTH[n]["scores"]) for n in ("edited_error", "error_object", "failed")]
+         ANALYSIS_TRUTH[n]["scores"])
+        for n in ("edited_error", "empty_error", "error_object", "failed")]
 
 
 def test_truncate_needs_a_positive_number(run, api, catalog):
@@ -256,7 +258,7 @@ def test_summary_describes_every_record(run, catalog):
 def test_summary_describes_exactly_the_records_the_filters_and_max_results_leave(run, catalog):
     result = run(catalog.analysis, "--summary", "--score", "Exact Match<1",
                  "--max-results", "3")
-    assert result.json() == summary_of(["edited_error", "error_object", "partial_metrics"],
+    assert result.json() == summary_of(["edited_error", "empty_error", "error_object"],
                                        catalog.analysis)
 
 
