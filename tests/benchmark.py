@@ -3,6 +3,7 @@ simplest script that does the job. Not collected by pytest; run it by hand:
 
     python3 tests/benchmark.py                      # the issue's setting: 3,000 traces ...
     python3 tests/benchmark.py --traces 300 --runs 3
+    python3 tests/benchmark.py --network            # pages that take server time to build
 
 It starts the loopback fake API in this process with a synthetic experiment, then runs each
 client as a fresh child process and reads its wall time and peak RSS (`os.wait4`, as the OS
@@ -14,6 +15,11 @@ reports it for that child alone):
   script --baseline with a baseline experiment as large as the main one (both fetched).
 It prints the medians of several runs, the ratios script/floor (time) and script/naive
 (memory), and the requests and TCP connections of one script run.
+
+With --network, the fake takes a fixed server time to build each page and streams each body
+at a limited rate (per connection), and the rows compare the sequential floor with the
+script requesting the next page while this one arrives, and with that turned off
+(BRAINTRUST_MAX_IN_FLIGHT=1).
 """
 from __future__ import annotations
 
@@ -25,7 +31,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -86,10 +91,13 @@ sys.stdout.write(json.dumps(records, indent=2, ensure_ascii=False) + "\\n")
 """
 
 
-def start_fake(traces: int, spans: int, trace_bytes: int) -> FakeBraintrust:
+def start_fake(traces: int, spans: int, trace_bytes: int, **network: float) -> FakeBraintrust:
+    """The fake with the experiment and its baseline; `network` (server_delay, bandwidth)
+    shapes how the experiment's pages are served, with the cursor in body and header."""
     fake = FakeBraintrust()
     rows = synthetic_experiment(EXPERIMENT_ID, traces, spans, trace_bytes)
-    fake.add(Experiment(rows), EXPERIMENT_ID)
+    fake.add(Experiment(rows, **({"cursor_in": "both", **network} if network else {})),
+             EXPERIMENT_ID)
     baseline = synthetic_experiment(BASELINE_ID, traces, spans, trace_bytes)  # same cases
     fake.add(Experiment(baseline), BASELINE_ID)
     # The fake's millions of row objects live as long as it does: kept out of the garbage
@@ -98,9 +106,19 @@ def start_fake(traces: int, spans: int, trace_bytes: int) -> FakeBraintrust:
     return fake
 
 
-def commands(fake: FakeBraintrust, page_size: int) -> Dict[str, List[str]]:
+def commands(fake: FakeBraintrust, page_size: int, network: bool = False
+             ) -> Dict[str, List[str]]:
     url = f"{fake.url}/v1/experiment/{EXPERIMENT_ID}/fetch"
     script = [sys.executable, str(SCRIPT), EXPERIMENT_ID, "--limit", str(page_size)]
+    if network:
+        return {
+            "floor": [sys.executable, "-c", FLOOR, url, str(page_size)],
+            "naive": [sys.executable, "-c", NAIVE, url, str(page_size)],
+            "script": script,
+            # env is the launcher's argument list here: the variable goes through `env`.
+            "script, BRAINTRUST_MAX_IN_FLIGHT=1": ["/usr/bin/env", "BRAINTRUST_MAX_IN_FLIGHT=1",
+                                                  *script],
+        }
     return {
         "floor": [sys.executable, "-c", FLOOR, url, str(page_size)],
         "naive": [sys.executable, "-c", NAIVE, url, str(page_size)],
@@ -145,20 +163,29 @@ def client_env(fake: FakeBraintrust) -> Dict[str, str]:
 
 
 def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, runs: int,
-                  out=sys.stdout) -> Dict[str, Dict[str, float]]:
-    fake = start_fake(traces, spans, trace_bytes)
+                  out=sys.stdout, outputs: Optional[Path] = None, network: bool = False,
+                  server_delay: float = 0.25) -> Dict[str, Dict[str, float]]:
+    """The table; with `outputs`, each client's output of its first run is kept there."""
+    shape: Dict[str, float] = {}
+    if network:  # a body takes about as long to arrive as the server took to build it
+        page_bytes = len(json.dumps(synthetic_experiment(EXPERIMENT_ID, page_size, spans,
+                                                         trace_bytes)))
+        shape = {"server_delay": server_delay, "bandwidth": page_bytes / server_delay}
+    fake = start_fake(traces, spans, trace_bytes, **shape)
     served_bytes = len(json.dumps(fake.experiments[EXPERIMENT_ID].rows))  # one experiment
     try:
         env = client_env(fake)
-        clients = commands(fake, page_size)
+        clients = commands(fake, page_size, network)
         measure(clients["floor"], env)  # warm the fake's page cache and the OS file cache
         samples: Dict[str, List[Tuple[float, int]]] = {name: [] for name in clients}
-        for _ in range(runs):  # interleaved, so drift hits every client alike
+        for run in range(runs):  # interleaved, so drift hits every client alike
             for name, command in clients.items():
-                samples[name].append(measure(command, env))
+                kept = outputs / name.replace(" ", "_") if outputs and run == 0 else None
+                samples[name].append(measure(command, env, str(kept or os.devnull)))
         fake.reset()
         measure(clients["script"], env)
         requests_made, connections = len(fake.requests), fake.connections
+        in_flight = fake.most_in_flight
         fake.reset()
         measure(clients["script"] + ["--max-results", "10"], env)
         requests_for_ten = len(fake.requests)
@@ -173,15 +200,19 @@ def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, run
           f"trace ({served_bytes / 1e6:.0f} MB in all), page size {page_size}, "
           f"median of {runs} runs; Python {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} cores", file=out)
-    print(f"| client | wall time (s) | x floor | peak RSS (MiB) | x naive |", file=out)
-    print(f"| --- | ---: | ---: | ---: | ---: |", file=out)
+    if network:
+        print(f"network: {server_delay:.2f} s of server time per page, bodies at "
+              f"{shape['bandwidth'] / 1e6:.1f} MB/s per connection", file=out)
+    print("| client | wall time (s) | x floor | peak RSS (MiB) | x naive |", file=out)
+    print("| --- | ---: | ---: | ---: | ---: |", file=out)
     for name, row in table.items():
         print(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / floor['seconds']:.2f} | "
               f"{row['peak_mib']:.1f} | {row['peak_mib'] / naive['peak_mib']:.2f} |", file=out)
     print(f"requests: {requests_made} for {pages} pages; TCP connections: {connections}; "
+          f"most page requests in flight: {in_flight}; "
           f"--max-results 10: {requests_for_ten} request(s)", file=out)
     table["counts"] = {"requests": requests_made, "pages": pages, "connections": connections,
-                       "requests_for_ten": requests_for_ten}
+                       "in_flight": in_flight, "requests_for_ten": requests_for_ten}
     return table
 
 
@@ -192,8 +223,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--trace-bytes", type=int, default=12_000, help="payload per trace")
     parser.add_argument("--page-size", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--network", action="store_true",
+                        help="pages take server time and bodies stream at a limited rate "
+                        "(defaults then: 1,200 traces, page size 100: 12 pages)")
+    parser.add_argument("--server-delay", type=float, default=0.25,
+                        help="with --network: seconds to build each page")
     args = parser.parse_args(argv)
-    run_benchmark(args.traces, args.spans, args.trace_bytes, args.page_size, args.runs)
+    if args.network and args.traces == 3000 and args.page_size == 200:
+        args.traces, args.page_size = 1200, 100
+    run_benchmark(args.traces, args.spans, args.trace_bytes, args.page_size, args.runs,
+                  network=args.network, server_delay=args.server_delay)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,13 @@ class Catalog(NamedTuple):
     baseline: str  # ..."main branch", in the same project (issue 10)
     current_cases: Dict[str, List[Dict[str, Any]]]
     baseline_cases: Dict[str, List[Dict[str, Any]]]
+    # The cursor in the body and in x-bt-cursor, as the real API sends it (issue 11): plain;
+    # each body held until the next page is asked for; the header's a decoy; the header
+    # only on odd pages.
+    both_cursors: str
+    both_held: str
+    decoy_header: str
+    odd_headers: str
 
 
 @pytest.fixture(scope="session")
@@ -116,15 +123,17 @@ def catalog(fake) -> Catalog:
 
     versions_id = "cb6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"
     versions_cases = experiments.versions(versions_id)
-    fake.add(Experiment(experiments.rows_of(versions_cases), name="versions"), versions_id)
+    fake.add(Experiment(experiments.rows_of(versions_cases), name="versions", cursor_in="both"),
+             versions_id)
     analysis_id = "e1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a"
     analysis_cases = experiments.analysis(analysis_id)
-    fake.add(Experiment(experiments.rows_of(analysis_cases), name="analysis"), analysis_id)
+    fake.add(Experiment(experiments.rows_of(analysis_cases), name="analysis", cursor_in="both"),
+             analysis_id)
     current_id, baseline_id = ("f1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a",
                                "f2b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a")
     current_cases, baseline_cases = experiments.pair(current_id, baseline_id)
     fake.add(Experiment(experiments.rows_of(current_cases), name="candidate", project="evals",
-                        org="acme", base_exp_id=baseline_id), current_id)
+                        org="acme", base_exp_id=baseline_id, cursor_in="both"), current_id)
     fake.add(Experiment(experiments.rows_of(baseline_cases), name="main branch",
                         project="evals", org="acme"), baseline_id)
     rich_id = "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"
@@ -144,7 +153,8 @@ def catalog(fake) -> Catalog:
                          name="redirected raw"),
         empty=fake.add(Experiment([], name="empty"), "5b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"),
         many=fake.add(Experiment(traces.synthetic_experiment(
-            "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", traces=200, trace_bytes=300), name="many"),
+            "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", traces=200, trace_bytes=300), name="many",
+            cursor_in="both"),
             "6b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"),
         same_names_other_org=small("7b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="baseline run",
                                    project="support bot", org="other org"),
@@ -164,6 +174,12 @@ def catalog(fake) -> Catalog:
         baseline=baseline_id,
         current_cases=current_cases,
         baseline_cases=baseline_cases,
+        both_cursors=add("a1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both"),
+        both_held=add("a2b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both", hold=5.0),
+        decoy_header=add("a3b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both",
+                         header_cursor="decoy"),
+        odd_headers=add("a4b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both",
+                        header_cursor="odd"),
     )
     # Near misses that an exact lookup of "baseline run" in "support bot" of acme must skip.
     small("9b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a", name="Baseline Run", project="support bot",

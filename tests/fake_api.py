@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +44,12 @@ class Experiment:
     trailing_empty_page: bool = True  # the recorded real exchange: the last page has a cursor
     redirect: Optional[str] = None  # None, "gzip-encoding" or "gzip-raw": 303 to the blob host
     base_exp_id: Optional[str] = None  # the experiment the web app compares with by default
+    # "both" sends a header cursor with every page; these vary it (issue 11):
+    header_cursor: str = "same"  # "same"; "decoy" (a valid cursor, not the body's); "odd"
+    # (only on odd-numbered pages' answers)
+    server_delay: float = 0.0  # seconds the server takes to build each page
+    bandwidth: Optional[float] = None  # bytes a second at which each body is sent
+    hold: float = 0.0  # hold a page's body until the next page is asked for (at most this)
 
     def __post_init__(self):
         self.rows = sorted(self.rows, key=lambda row: int(row["_xact_id"]), reverse=True)
@@ -97,8 +103,11 @@ class FakeBraintrust:
         self.requests: List[Request] = []
         self.blob_requests: List[Request] = []
         self.connections = 0
+        self.in_flight = self.most_in_flight = 0  # fetch requests being answered at once
         self.blobs: Dict[str, Tuple[bytes, str, Dict[str, str]]] = {}
         self.lock = threading.Lock()
+        self.fetch_arrived = threading.Condition(self.lock)  # notified as each fetch arrives
+        self.wake = threading.Event()  # cuts every injected delay short (see reset)
         self._page_cache: Dict[Tuple[str, int, int], Tuple[bytes, Optional[str]]] = {}
         self.api = _serve(self._handle_api, self, tls)
         self.blob_host = _serve(self._handle_blob, self)
@@ -115,12 +124,22 @@ class FakeBraintrust:
             server.shutdown()
             server.server_close()
 
+    def pause(self, seconds: float) -> None:
+        """An injected delay, cut short by reset() so it cannot reach into the next test."""
+        self.wake.wait(seconds)
+
     def reset(self) -> None:
+        self.wake.set()  # handlers still sleeping from an interrupted run: finish now
+        deadline = time.time() + 5
+        while self.in_flight and time.time() < deadline:
+            time.sleep(0.01)
+        self.wake = threading.Event()
         with self.lock:
             self.faults.clear()
             self.requests.clear()
             self.blob_requests.clear()
             self.connections = 0
+            self.most_in_flight = self.in_flight
             self.unknown_experiment_status = 400
 
     def fetches(self) -> List[Request]:
@@ -129,13 +148,27 @@ class FakeBraintrust:
     # -- the API --------------------------------------------------------------------------
 
     def _handle_api(self, handler: "Handler", request: Request) -> None:
+        is_fetch = request.path.endswith("/fetch")
         with self.lock:
             self.requests.append(request)
             number = len(self.requests)
             fault = self.faults.get(number)
+            if is_fetch:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                self.fetch_arrived.notify_all()
+        try:
+            self._answer(handler, request, number, fault)
+        finally:
+            if is_fetch:
+                with self.lock:
+                    self.in_flight -= 1
+
+    def _answer(self, handler: "Handler", request: Request, number: int,
+                fault: Optional[Dict[str, Any]]) -> None:
         if fault:
             if fault.get("delay"):
-                time.sleep(fault["delay"])
+                self.pause(fault["delay"])
             if fault.get("drop"):
                 handler.close_connection = True
                 handler.connection.shutdown(socket.SHUT_RDWR)
@@ -163,7 +196,7 @@ class FakeBraintrust:
             self._get_experiment(handler, parts[2])
         elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "experiment"] \
                 and parts[3] == "fetch":
-            self._fetch(handler, request, parts[2], fault or {})
+            self._fetch(handler, request, parts[2], fault or {}, number)
         else:
             handler.reply(404, b"Not found", "text/plain")
 
@@ -197,7 +230,7 @@ class FakeBraintrust:
         handler.reply(200, json.dumps({"objects": objects}).encode(), "application/json")
 
     def _fetch(self, handler: "Handler", request: Request, experiment_id: str,
-               fault: Dict[str, Any]) -> None:
+               fault: Dict[str, Any], number: int) -> None:
         experiment = self.experiments.get(experiment_id)
         if experiment is None:
             status = self.unknown_experiment_status
@@ -229,11 +262,30 @@ class FakeBraintrust:
                                   "cursor": cursor}).encode()
         headers, blob_headers = {}, {}
         if next_cursor and experiment.cursor_in in ("header", "both"):
-            headers["x-bt-cursor"] = next_cursor
+            page_number = len(self._pages_before(experiment, offset, limit)) + 1
+            if experiment.header_cursor == "same":
+                headers["x-bt-cursor"] = next_cursor
+            elif experiment.header_cursor == "decoy":  # a real cursor, of the wrong page
+                headers["x-bt-cursor"] = encode_cursor(decode_cursor(next_cursor) + 1)
+            elif experiment.header_cursor == "odd" and page_number % 2:
+                headers["x-bt-cursor"] = next_cursor
+        if experiment.server_delay:
+            time.sleep(experiment.server_delay)
+
+        def before_body() -> None:
+            if experiment.hold and next_cursor:  # until the next fetch request arrives
+                with self.lock:
+                    self.fetch_arrived.wait_for(lambda: len(self.fetches()) > number_of_fetch,
+                                                timeout=experiment.hold)
+
+        with self.lock:
+            number_of_fetch = len(self.fetches())
         if next_cursor and experiment.cursor_in == "blob-header":
             blob_headers["x-bt-cursor"] = next_cursor
         if next_cursor and experiment.cursor_in == "blob-amz-meta":
             blob_headers["x-amz-meta-bt_cursor"] = next_cursor
+        if fault.get("body_delay"):
+            handler.before_body = lambda: self.pause(fault["body_delay"])
         if fault.get("cut"):
             handler.reply(200, payload, "application/json", headers, cut=True)
         elif experiment.redirect:
@@ -243,7 +295,17 @@ class FakeBraintrust:
             location = f"{self.blob_url}/blob/{token}.json.gz?X-Amz-Signature={token[:16]}"
             handler.reply(303, b"", "text/plain", dict(headers, Location=location))
         else:
-            handler.reply(200, payload, "application/json", headers)
+            handler.before_body = getattr(handler, "before_body", None) or before_body
+            handler.reply(200, payload, "application/json", headers,
+                          bandwidth=experiment.bandwidth)
+
+    @staticmethod
+    def _pages_before(experiment: Experiment, offset: int, limit: int) -> List[int]:
+        starts, at = [], 0
+        while at < offset:
+            starts.append(at)
+            at = page_of(experiment.rows, at, limit)[1]
+        return starts
 
     # -- the object store behind a 303 --------------------------------------------------------
 
@@ -263,6 +325,9 @@ class FakeBraintrust:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real API
+    # Headers and body go out in separate writes: with Nagle's algorithm the body would wait
+    # for the client's delayed ACK of the headers, 40 ms a request, as no real server does.
+    disable_nagle_algorithm = True
     server: "_Server"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -287,8 +352,11 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = _dispatch
 
+    before_body: Any = None  # called between the headers and the body, when set
+
     def reply(self, status: int, body: bytes, content_type: str,
-              headers: Optional[Dict[str, str]] = None, cut: bool = False) -> None:
+              headers: Optional[Dict[str, str]] = None, cut: bool = False,
+              bandwidth: Optional[float] = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -301,12 +369,27 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        self.wfile.write(body)
+        if self.before_body is not None:
+            before, self.before_body = self.before_body, None
+            before()
+        if bandwidth is None:
+            self.wfile.write(body)
+            return
+        chunk = 64 * 1024  # streamed at `bandwidth` bytes a second
+        started = time.perf_counter()
+        for sent in range(0, len(body), chunk):
+            self.wfile.write(body[sent:sent + chunk])
+            ahead = (sent + chunk) / bandwidth - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away (an interrupted run): nothing to report
 
 
 def _serve(respond, fake: FakeBraintrust, tls: Any = None) -> _Server:

@@ -10,7 +10,7 @@ import json
 import pytest
 
 import experiments
-from experiments import ANALYSIS_ORDER, ANALYSIS_TRUTH, root_of
+from experiments import ANALYSIS_ORDER, ANALYSIS_TRUTH
 
 STANDARD = ["root_span_id", "input", "output", "expected", "metadata", "scores", "origin"]
 
@@ -36,8 +36,7 @@ def names_of(records, catalog):
 
 # -- --include ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field", ["id", "span_id", "created", "tags", "error", "comments",
-                                   "metrics"])
+@pytest.mark.parametrize("field", ["id", "metrics"])  # each value: include all, below
 def test_include_adds_one_field_after_origin(run, catalog, field):
     records = run(catalog.analysis, "--include", field).json()
     assert records == [record(catalog, name, field) for name in ANALYSIS_ORDER]
@@ -123,8 +122,7 @@ def test_max_results_counts_the_records_left_after_the_filters(run, catalog):
     assert names_of(records, catalog) == ["edited_error", "empty_error"]
 
 
-@pytest.mark.parametrize("expr", ["Exact Match", "<1", "Exact Match<one", "Exact Match=1",
-                                  "Exact Match<nan", "Exact Match<1 2"])
+@pytest.mark.parametrize("expr", ["Exact Match", "Exact Match=1"])  # more: test_records
 def test_a_malformed_score_is_a_usage_error_showing_the_form(run, api, catalog, expr):
     result = run(catalog.analysis, "--score", expr)
     assert (result.code, result.stdout, api.requests) == (2, b"", [])

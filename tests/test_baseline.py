@@ -116,9 +116,11 @@ def test_the_baseline_is_read_in_full_even_with_max_results(run, api, catalog):
     assert len(fetched(api, catalog.current)) == 1
 
 
-def test_both_experiments_are_read_over_one_connection(run, api, catalog):
-    assert run(catalog.current, "--baseline", "auto", "--limit", "3").code == 0
-    assert api.connections == 1
+def test_both_experiments_are_read_over_one_keep_alive_session(run, api, env, catalog):
+    # One page request at a time: one connection for the lookup and both experiments.
+    assert run(catalog.current, "--baseline", "auto", "--limit", "3",
+               env=dict(env, BRAINTRUST_MAX_IN_FLIGHT="1")).code == 0
+    assert len(api.fetches()) > 6 and api.connections == 1
 
 
 def test_baseline_pages_are_retried_like_the_others_and_named_in_messages(run, api, catalog):

@@ -7,38 +7,39 @@ import json
 import benchmark
 
 
-def test_every_client_of_the_benchmark_runs_and_script_and_naive_agree(tmp_path):
-    fake = benchmark.start_fake(traces=12, spans=5, trace_bytes=300)
-    try:
-        env = benchmark.client_env(fake)
-        outputs = {}
-        for name, command in benchmark.commands(fake, page_size=5).items():
-            path = tmp_path / name.replace(" ", "_")
-            seconds, peak_kib = benchmark.measure(command, env, str(path))
-            assert seconds > 0 and peak_kib > 1024
-            outputs[name] = path.read_bytes()
-    finally:
-        fake.close()
+def test_every_client_runs_the_counts_are_right_and_script_and_naive_agree(tmp_path):
+    out = io.StringIO()
+    table = benchmark.run_benchmark(traces=12, spans=5, trace_bytes=300, page_size=5, runs=1,
+                                    out=out, outputs=tmp_path)
+    # 3 pages and the trailing empty one; the cursor is only in the body: one at a time.
+    assert table["counts"] == {"requests": 4, "pages": 3, "connections": 1, "in_flight": 1,
+                               "requests_for_ten": 2}
+    printed = out.getvalue()
+    outputs = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    for client in ("floor", "naive", "script", "script --format jsonl",
+                   "script --include all", "script --baseline"):
+        assert f"| {client} |" in printed
+        assert table[client]["seconds"] > 0 and table[client]["peak_mib"] > 1
     assert outputs["floor"] == b""
     records = json.loads(outputs["naive"])
     assert len(records) == 12
     assert json.loads(outputs["script"]) == records
-    lines = outputs["script --format jsonl"].decode().splitlines()
+    lines = outputs["script_--format_jsonl"].decode().splitlines()
     assert [json.loads(line) for line in lines] == records
-    with_fields = json.loads(outputs["script --include all"])
+    with_fields = json.loads(outputs["script_--include_all"])
     assert [{k: r[k] for k in records[0]} for r in with_fields] == records
     assert all(r["metrics"]["llm_calls"] == 1 for r in with_fields)
-    compared = json.loads(outputs["script --baseline"])
+    compared = json.loads(outputs["script_--baseline"])
     assert [r["status"] for r in compared] == ["unchanged"] * 12
 
 
-def test_the_benchmark_counts_requests_and_connections_and_prints_a_table():
+def test_the_network_rows_run_and_give_the_same_records_either_way(tmp_path):
     out = io.StringIO()
-    table = benchmark.run_benchmark(traces=12, spans=5, trace_bytes=300, page_size=5, runs=1,
-                                    out=out)
-    assert table["counts"] == {"requests": 4, "pages": 3, "connections": 1,
-                               "requests_for_ten": 2}
-    printed = out.getvalue()
-    for client in ("floor", "naive", "script", "script --format jsonl",
-                   "script --include all", "script --baseline"):
-        assert f"| {client} |" in printed
+    table = benchmark.run_benchmark(traces=12, spans=5, trace_bytes=300, page_size=4, runs=1,
+                                    out=out, outputs=tmp_path, network=True,
+                                    server_delay=0.05)
+    assert table["counts"]["requests"] == 4  # overlap itself: test_overlap.py (no timing)
+    assert "network: 0.05 s of server time per page" in out.getvalue()
+    one_at_a_time = tmp_path / "script,_BRAINTRUST_MAX_IN_FLIGHT=1"
+    assert (tmp_path / "script").read_bytes() == one_at_a_time.read_bytes()
+    assert len(json.loads(one_at_a_time.read_bytes())) == 12

@@ -37,7 +37,7 @@ def test_record_keys_come_in_the_documented_order(run, catalog):
                                 "scores", "origin"] for record in records)
 
 
-@pytest.mark.parametrize("limit", ["1", "3", "7", "1000"])
+@pytest.mark.parametrize("limit", ["1", "7"])
 def test_page_size_does_not_change_the_records(run, catalog, limit):
     assert run(catalog.rich, "--limit", limit).json() == rich_records(catalog)
 
@@ -76,7 +76,7 @@ def test_edited_only_with_max_results_across_pages_returns_the_first_n_edited(ru
     assert 1 < len(api.fetches()) < pages
 
 
-@pytest.mark.parametrize("limit", ["1", "2", "1000"])
+@pytest.mark.parametrize("limit", ["1", "1000"])
 def test_the_newest_version_wins_by_integer_xact_id_across_pages(run, catalog, limit):
     # Transaction ids go from 18 to 19 digits: as strings, the older versions would win.
     assert run(catalog.versions, "--limit", limit).json() == \
@@ -272,9 +272,8 @@ def test_api_url_flag_wins_over_the_environment(run, api, catalog):
     assert run(catalog.rich, "--api-url", api.url + "/", env=env).code == 0
 
 
-@pytest.mark.parametrize("url", ["http://api.example.com", "http://10.1.2.3:8000",
-                                 "ftp://127.0.0.1", "api.braintrust.dev",
-                                 "https://user:pw@api.braintrust.dev"])
+@pytest.mark.parametrize("url", ["http://10.1.2.3:8000", "https://user:pw@api.braintrust.dev"])
+# (every refused form, as a unit: test_records.py::test_refused_api_urls)
 def test_an_api_url_the_key_may_not_travel_to_is_refused_before_any_connection(run, api,
                                                                                catalog, url):
     result = run(catalog.rich, "--api-url", url)
@@ -282,8 +281,8 @@ def test_an_api_url_the_key_may_not_travel_to_is_refused_before_any_connection(r
     assert len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("experiment_id", ["not-a-uuid", "../../v1/project",
-                                           "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a/../x", " "])
+@pytest.mark.parametrize("experiment_id", ["../../v1/project",
+                                           "0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a/../x"])
 def test_an_experiment_that_is_not_an_id_is_a_usage_error(run, api, experiment_id):
     result = run(experiment_id)
     assert (result.code, result.stdout, api.requests) == (2, b"", [])

@@ -22,6 +22,7 @@ script = load_script()
 
 
 def rich_json(run, catalog):
+    """The bytes the script prints for the rich experiment on stdout."""
     return run(catalog.rich).stdout
 
 

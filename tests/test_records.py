@@ -382,3 +382,58 @@ def test_the_next_cursor_is_the_bodys_then_the_answers_headers_then_a_redirects(
         body, final, redirects, want):
     answer = script.Answer(200, "OK", final, b"", 1, tuple(redirects))
     assert script.next_cursor(body, answer) == want
+
+
+# -- settings from the environment (issues 8 and 11) ------------------------------------------
+
+def settings_with(monkeypatch, tmp_path, **environ):
+    monkeypatch.chdir(tmp_path)  # no .env around
+    args = script.parse_args(["x"])
+    return script.read_settings(args, {"BRAINTRUST_API_KEY": "sk-unit", **environ})
+
+
+def test_retries_and_requests_in_flight_default_to_5_and_2(monkeypatch, tmp_path):
+    settings = settings_with(monkeypatch, tmp_path)
+    assert (settings.retries, settings.max_in_flight) == (5, 2)
+
+
+@pytest.mark.parametrize("value", ["0", "7", "100"])
+def test_num_retries_takes_a_whole_number_from_0_to_100(monkeypatch, tmp_path, value):
+    assert settings_with(monkeypatch, tmp_path, BRAINTRUST_NUM_RETRIES=value).retries == int(value)
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5", "101", "1e2"])
+def test_a_bad_num_retries_is_refused(monkeypatch, tmp_path, value):
+    with pytest.raises(script.UsageError, match="BRAINTRUST_NUM_RETRIES"):
+        settings_with(monkeypatch, tmp_path, BRAINTRUST_NUM_RETRIES=value)
+
+
+@pytest.mark.parametrize("value", ["0", "3", "two", "-1", "1.0"])
+def test_max_in_flight_is_1_or_2(monkeypatch, tmp_path, value):
+    assert settings_with(monkeypatch, tmp_path, BRAINTRUST_MAX_IN_FLIGHT="1").max_in_flight == 1
+    with pytest.raises(script.UsageError, match="BRAINTRUST_MAX_IN_FLIGHT"):
+        settings_with(monkeypatch, tmp_path, BRAINTRUST_MAX_IN_FLIGHT=value)
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "?r=abc&s=def", "#row-3", "/?c=x#y"])
+def test_a_link_may_end_in_a_slash_query_or_fragment(suffix):
+    link = "https://www.braintrust.dev/app/acme/p/support%20bot/experiments/baseline%20run"
+    assert script.parse_target(link + suffix, None, None) == script.Target(
+        None, "acme", "support bot", "baseline run")
+
+
+@pytest.mark.parametrize("link", [
+    "https://www.braintrust.dev/app/acme/p/support%20bot",
+    "https://www.braintrust.dev/app/acme/p/support%20bot/experiments/",
+    "https://www.braintrust.dev/app/acme/p/support%20bot/datasets/golden",
+    "https://www.braintrust.dev/app/acme/p/%20/experiments/x",
+])
+def test_a_link_that_is_not_an_experiment_link_is_refused(link):
+    with pytest.raises(script.UsageError, match="not an experiment link"):
+        script.parse_target(link, None, None)
+
+
+@pytest.mark.parametrize("text", ["not-a-uuid", "../../v1/project", " "])
+def test_an_experiment_that_is_no_id_link_or_named_name_is_refused(text):
+    with pytest.raises(script.UsageError):
+        script.parse_target(text, None, None)

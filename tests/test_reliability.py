@@ -247,7 +247,7 @@ def test_num_retries_numbers_the_attempts_out_of_its_total(run, api, env, catalo
         "page 1: the API answered 503; retrying in 0.0 s (attempt 2 of 3)"]
 
 
-@pytest.mark.parametrize("value", ["-1", "two", "1.5", "101"])
+@pytest.mark.parametrize("value", ["two"])  # every refused value: test_records.py
 def test_a_bad_num_retries_is_a_usage_error_before_any_request(run, api, env, catalog, value):
     result = run(catalog.rich, env=dict(env, BRAINTRUST_NUM_RETRIES=value))
     assert (result.code, result.stdout, api.requests) == (2, b"", [])

@@ -30,10 +30,12 @@ import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 import unicodedata
 import urllib.parse
 import uuid
+from concurrent.futures import Future
 from itertools import islice
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
                     Tuple, Union)
@@ -53,6 +55,7 @@ MAX_PAGE_SIZE = 1000  # the API's documented ceiling per request
 CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0  # what the official SDK uses for BRAINTRUST_HTTP_TIMEOUT
 DEFAULT_RETRIES = 5  # per request; BRAINTRUST_NUM_RETRIES, the official SDK's name
+DEFAULT_IN_FLIGHT = 2  # page requests at once: BRAINTRUST_MAX_IN_FLIGHT=1 pages one by one
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 RETRY_AFTER_CAP = 60.0
 SERVER_TEXT_LIMIT = 300
@@ -155,7 +158,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "current folder or above; never from a flag. BRAINTRUST_API_URL sets the API for EU "
         "or self-hosted deployments, BRAINTRUST_HTTP_TIMEOUT the read timeout in seconds "
         f"({DEFAULT_READ_TIMEOUT:g}), BRAINTRUST_NUM_RETRIES the retries per request "
-        f"({DEFAULT_RETRIES}). Filters combine with AND; --max-results counts after them. "
+        f"({DEFAULT_RETRIES}), BRAINTRUST_MAX_IN_FLIGHT the page requests at once "
+        f"({DEFAULT_IN_FLIGHT}; 1 requests each page only after the one before). Filters combine with AND; --max-results counts after them. "
         "Exit codes: 0 done, 1 the API or network failed, 2 bad arguments or settings, "
         "130 interrupted, 143 terminated.",
     )
@@ -224,6 +228,7 @@ class Settings(NamedTuple):
     api_url: str
     read_timeout: float
     retries: int
+    max_in_flight: int
 
 
 def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings:
@@ -257,9 +262,13 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if not retries_text.isdigit() or int(retries_text) > 100:
         raise UsageError(f"BRAINTRUST_NUM_RETRIES must be a whole number from 0 to 100, "
                          f"got {retries_text!r}")
+    in_flight = setting("BRAINTRUST_MAX_IN_FLIGHT") or str(DEFAULT_IN_FLIGHT)
+    if in_flight not in ("1", "2"):
+        raise UsageError(f"BRAINTRUST_MAX_IN_FLIGHT must be 1 (one page request at a time) or "
+                         f"2 (the next page requested while this one arrives), got {in_flight!r}")
     if args.output:
         check_writable(args.output)
-    return Settings(key, api_url, read_timeout, int(retries_text))
+    return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight))
 
 
 def is_regular_or_missing(path: str) -> bool:
@@ -455,13 +464,29 @@ def bearer(key: str) -> Callable[[requests.PreparedRequest], requests.PreparedRe
     return add_key
 
 
+class PerThreadRetries(HTTPAdapter):
+    """requests' adapter, whose `max_retries` (read for every request) is kept per thread,
+    so each of two page requests in flight spends its own retry budget."""
+
+    def __init__(self, retries: Retry):
+        self.local, self.default_retries = threading.local(), retries
+        super().__init__(max_retries=retries)
+
+    @property  # type: ignore[override]
+    def max_retries(self) -> Retry:
+        return getattr(self.local, "retries", self.default_retries)
+
+    @max_retries.setter
+    def max_retries(self, retries: Retry) -> None:
+        self.local.retries = retries
+
+
 def open_session(settings: Settings) -> requests.Session:
     session = requests.Session()
     session.auth = bearer(settings.key)  # also keeps ~/.netrc from replacing the key
     session.headers["User-Agent"] = (f"braintrust-fetch-experiment-results/{__version__} "
                                      f"python-requests/{requests.__version__}")
-    adapter = HTTPAdapter(max_retries=retry_policy("request", lambda line: None,
-                                                   settings.retries))
+    adapter = PerThreadRetries(retry_policy("request", lambda line: None, settings.retries))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
@@ -684,45 +709,127 @@ def base_experiment_id(session: requests.Session, settings: Settings, experiment
     return base_id
 
 
+def headers_cursor(headers: Any, redirects: Iterable[Any] = ()) -> Any:
+    """The cursor in the headers: x-bt-cursor, else the object store's x-amz-meta-bt_cursor
+    on the final answer, else x-bt-cursor on a redirect before it."""
+    return (headers.get("x-bt-cursor") or headers.get("x-amz-meta-bt_cursor")
+            or next((earlier["x-bt-cursor"] for earlier in redirects
+                     if earlier.get("x-bt-cursor")), None))
+
+
 def next_cursor(data: Dict[str, Any], answer: Answer) -> Any:
-    """The body's cursor first; then the headers: x-bt-cursor, else the object store's
-    x-amz-meta-bt_cursor on the final answer, else x-bt-cursor on a redirect before it."""
-    return (data.get("cursor") or answer.headers.get("x-bt-cursor")
-            or answer.headers.get("x-amz-meta-bt_cursor")
-            or next((headers["x-bt-cursor"] for headers in answer.redirects
-                     if headers.get("x-bt-cursor")), None))
+    """The body's cursor first; then the headers'."""
+    return data.get("cursor") or headers_cursor(answer.headers, answer.redirects)
+
+
+def in_background(work: Callable[[], Any]) -> "Future[Any]":
+    """Run `work` on a daemon thread: an interrupted run exits without waiting for it."""
+    future: "Future[Any]" = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as error:  # handed to whoever reads the result
+            future.set_exception(error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+class PageRequest(NamedTuple):
+    """A page request running on its own thread, and the one it started ahead of it."""
+    cursor: Any
+    answer: "Future[List[Answer]]"  # a list, so the reader can take the body out of it
+    state: Dict[str, Any]  # "next": the PageRequest started ahead; "dropped": unwanted
 
 
 def fetch_pages(session: requests.Session, settings: Settings, experiment_id: str,
-                limit: int, announce: Callable[[str], None], label: str = ""
+                limit: int, announce: Callable[[str], None], label: str = "",
+                ahead: bool = True, note: Callable[[str], None] = lambda line: None
                 ) -> Iterator[List[Any]]:
-    """Each page's events, in the API's order, until a page comes back empty or uncursored."""
+    """Each page's events, in the API's order, until a page comes back empty or uncursored.
+
+    With `ahead` (and BRAINTRUST_MAX_IN_FLIGHT 2), the next page is requested, on a second
+    connection, as soon as this page's headers carry its cursor, so the server builds it
+    while this one downloads and is read. The body's cursor still decides: a page requested
+    with another cursor is dropped and asked for again. A page's slot is held until its
+    body has been parsed, so at most two requests, and two bodies, are in flight."""
     url = f"{settings.api_url}/v1/experiment/{experiment_id}/fetch"
-    cursors_sent = set()
-    cursor = None
-    page = 0
-    while True:
-        page += 1
-        what = f"{label}page {page}"
-        body: Dict[str, Any] = {"limit": limit}
-        if cursor:
-            body["cursor"] = cursor
-        answer = send(session, "POST", url, what, settings, announce, json=body)
-        check_status(answer, what, settings, f"experiment {experiment_id} was not found "
-                     "or is not readable with this key; check the id (copy it from the "
-                     "experiment's page) and the organisation of the key")
-        data = read_json(answer, what)
-        if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-            raise ApiError(f"{what}: the answer is JSON but not a page of events "
-                           f"({first_bytes(answer)})")
-        cursor = next_cursor(data, answer)
-        yield data["events"]
-        if not data["events"] or not cursor:
-            return
-        if cursor in cursors_sent:
-            raise ApiError(f"{what}: the API sent back a cursor it had already sent, so paging "
-                           "would never end; stopping. Try again later, or report it to Braintrust")
-        cursors_sent.add(cursor)
+    ahead = ahead and settings.max_in_flight > 1
+    slots = threading.Semaphore(settings.max_in_flight)
+    lock = threading.Lock()
+    cursors_sent: set = set()
+
+    def request(number: int, cursor: Any) -> PageRequest:
+        state: Dict[str, Any] = {"next": None, "dropped": False}
+
+        def start_next(response: requests.Response, **kwargs: Any) -> None:
+            # A response hook: called as each answer's headers arrive, redirects included.
+            early = headers_cursor(response.headers) if response.status_code < 400 else None
+            with lock:
+                if (ahead and early and early not in cursors_sent and early != cursor
+                        and state["next"] is None and not state["dropped"]):
+                    state["next"] = request(number + 1, early)
+
+        def fetch() -> List[Answer]:
+            slots.acquire()
+            if state["dropped"]:
+                return []
+            body: Dict[str, Any] = {"limit": limit}
+            if cursor:
+                body["cursor"] = cursor
+            return [send(session, "POST", url, f"{label}page {number}", settings, announce,
+                         json=body, hooks={"response": start_next})]
+
+        return PageRequest(cursor, in_background(fetch), state)
+
+    def drop(page: Optional[PageRequest]) -> None:
+        """An unwanted request: its slot comes back once it ends, and so for its followers."""
+        while page is not None:
+            with lock:
+                page.state["dropped"] = True
+                follower, page.state["next"] = page.state["next"], None
+            page.answer.add_done_callback(lambda _: slots.release())
+            page = follower
+
+    page, number = request(1, None), 1
+    try:
+        while True:
+            what = f"{label}page {number}"
+            answer = page.answer.result().pop()
+            try:
+                check_status(answer, what, settings, f"experiment {experiment_id} was not "
+                             "found or is not readable with this key; check the id (copy it "
+                             "from the experiment's page) and the organisation of the key")
+                data = read_json(answer, what)
+                if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+                    raise ApiError(f"{what}: the answer is JSON but not a page of events "
+                                   f"({first_bytes(answer)})")
+                cursor = next_cursor(data, answer)
+                early = page.state["next"]  # final: set, if ever, before the body was read
+                if early is not None and early.cursor != cursor:
+                    # Dropped before this slot comes back, so no follower of it can take it.
+                    note(f"{what}: the body's cursor differs from the header's; asking for "
+                         f"page {number + 1} again with the body's")
+                    drop(early)
+                    page.state["next"] = None
+            finally:
+                del answer  # the body's bytes go now, and with them its slot
+                slots.release()
+            events = data["events"]
+            del data
+            yield events
+            if not events or not cursor:
+                return
+            with lock:
+                if cursor in cursors_sent:
+                    raise ApiError(f"{what}: the API sent back a cursor it had already sent, "
+                                   "so paging would never end; stopping. Try again later, or "
+                                   "report it to Braintrust")
+                cursors_sent.add(cursor)
+            page, number = page.state["next"] or request(number + 1, cursor), number + 1
+    finally:  # done, failed or interrupted: nothing more is wanted
+        drop(page.state["next"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -1226,15 +1333,17 @@ def read_experiment(session: requests.Session, settings: Settings, experiment_id
                     args: argparse.Namespace, announce: Callable[[str], None],
                     progress: Optional[Callable[..., None]], label: str = "",
                     count: Optional[Callable[[Dict[Any, tuple]], int]] = None,
-                    stop_at: Optional[int] = None) -> Dict[Any, tuple]:
+                    stop_at: Optional[int] = None,
+                    note: Callable[[str], None] = lambda line: None) -> Dict[Any, tuple]:
     """Every page of one experiment folded into a table of newest versions. `count` says
     how many records the pages so far give: shown as progress, and with `stop_at`, no page
-    is requested once it reaches that many."""
+    is requested once it reaches that many (nor ahead of time: it may not be needed)."""
     with_costs = args.summary or "metrics" in args.include
     count = count or count_roots
     latest: Dict[Any, tuple] = {}
     events = pages = found = 0
-    for page in fetch_pages(session, settings, experiment_id, args.limit, announce, label):
+    for page in fetch_pages(session, settings, experiment_id, args.limit, announce, label,
+                            ahead=not stop_at, note=note):
         absorb(latest, page, with_costs)
         pages, events = pages + 1, events + len(page)
         if progress or stop_at:
@@ -1261,6 +1370,7 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
     # growing record table on every page it parses: reference counting frees everything.
     gc.disable()
     announce = (lambda line: None) if args.quiet else tell
+    note = tell if args.verbose else (lambda line: None)
     baseline_target = (parse_baseline(args.baseline, target) if args.baseline is not None
                        else None)
     session = open_session(settings)
@@ -1278,7 +1388,8 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
         if args.verbose:
             tell(f"baseline: experiment {baseline_id}")
         index = baseline_index(cases_from(read_experiment(
-            session, settings, baseline_id, args, announce, progress, label="baseline ")))
+            session, settings, baseline_id, args, announce, progress, label="baseline ",
+            note=note)))
 
     keep = case_filter(args)
 
@@ -1291,7 +1402,7 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
 
     latest = read_experiment(session, settings, experiment_id, args, announce, progress,
                              count=lambda table: sum(1 for _ in selected(table)),
-                             stop_at=args.max_results)
+                             stop_at=args.max_results, note=note)
     session.close()
     cases = islice(selected(latest), args.max_results)
     if args.summary:

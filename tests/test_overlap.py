@@ -1,0 +1,148 @@
+"""End to end: the next page requested while this one arrives (issue 11). The fake counts
+the fetch requests it answers at once, so these tests prove the overlap without timing it."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import experiments
+from conftest import SCRIPT, assert_no_key
+from fake_api import encode_cursor, page_of
+from test_cli import non_empty_pages
+
+# Every shape whose pages carry a header cursor, so that overlap happens (the others never
+# overlap, and their records are checked exactly elsewhere, with overlap allowed).
+SHAPES = ["both_cursors", "header_cursor", "redirect_cursor_on_303", "redirect_cursor_on_blob",
+          "redirect_cursor_amz_meta", "decoy_header", "odd_headers", "versions", "analysis",
+          "many", "current"]
+
+
+def rich_records(catalog):
+    return [experiments.expected_record(catalog.rich_cases, n) for n in experiments.RICH_ORDER]
+
+
+def one_at_a_time(env):
+    return dict(env, BRAINTRUST_MAX_IN_FLIGHT="1")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_records_are_the_same_byte_for_byte_with_and_without_overlap(run, env, catalog, shape):
+    experiment_id = getattr(catalog, shape)
+    overlapped = run(experiment_id, "--limit", "3", "--include", "all")
+    sequential = run(experiment_id, "--limit", "3", "--include", "all", env=one_at_a_time(env))
+    assert (overlapped.code, sequential.code) == (0, 0)
+    assert overlapped.stdout == sequential.stdout
+
+
+def test_the_next_page_is_requested_while_this_ones_body_is_on_its_way(run, api, catalog):
+    # The fake holds each body until the next page is asked for: only overlap gets two.
+    result = run(catalog.both_held, "--limit", "5")
+    assert result.json() == rich_records(catalog)
+    assert api.most_in_flight == 2
+    assert len(api.fetches()) == non_empty_pages(api, catalog.both_held, 5) + 1
+
+
+def test_never_more_than_two_page_requests_are_in_flight(run, api, catalog):
+    assert run(catalog.both_held, "--limit", "1").code == 0
+    assert len(api.fetches()) > 20 and api.most_in_flight == 2
+
+
+def test_max_in_flight_1_requests_each_page_after_the_one_before(run, api, env, catalog):
+    result = run(catalog.both_cursors, "--limit", "5", env=one_at_a_time(env))
+    assert result.json() == rich_records(catalog)
+    assert (api.most_in_flight, api.connections) == (1, 1)
+
+
+def test_overlap_opens_a_second_connection_and_no_more(run, api, catalog):
+    assert run(catalog.both_cursors, "--limit", "2").code == 0
+    assert api.connections == 2
+
+
+@pytest.mark.parametrize("value", ["3"])  # every refused value: test_records.py
+def test_a_bad_max_in_flight_is_a_usage_error_before_any_request(run, api, env, catalog,
+                                                                  value):
+    result = run(catalog.both_cursors, env=dict(env, BRAINTRUST_MAX_IN_FLIGHT=value))
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "BRAINTRUST_MAX_IN_FLIGHT" in result.stderr
+
+
+def test_a_header_cursor_unlike_the_bodys_is_dropped_and_the_page_asked_again(run, api,
+                                                                            catalog):
+    result = run(catalog.decoy_header, "--limit", "5", "--verbose")
+    assert result.json() == rich_records(catalog)
+    pages = non_empty_pages(api, catalog.decoy_header, 5)
+    # Each page's body cursor was asked for; a decoy request was sent at most once a page
+    # (none when it was dropped while still waiting for a free slot).
+    asked = [request.body.get("cursor") for request in api.fetches()]
+    assert len(set(asked)) == len(asked) and pages + 1 <= len(asked) <= 2 * pages + 1
+    rows, offset, body_cursors = api.experiments[catalog.decoy_header].rows, 0, []
+    while offset < len(rows):
+        offset = page_of(rows, offset, 5)[1]
+        body_cursors.append(encode_cursor(offset))
+    assert set(body_cursors) <= set(asked)
+    notes = [line for line in result.stderr.splitlines() if "differs" in line]
+    assert notes[0] == ("page 1: the body's cursor differs from the header's; asking for "
+                        "page 2 again with the body's")
+    assert len(notes) == pages
+
+
+def test_a_page_without_a_header_cursor_falls_back_to_one_request_after_another(run, api,
+                                                                              catalog):
+    result = run(catalog.odd_headers, "--limit", "5")
+    assert result.json() == rich_records(catalog)
+    assert len(api.fetches()) == non_empty_pages(api, catalog.odd_headers, 5) + 1
+
+
+def test_a_retried_page_does_not_disturb_the_one_in_flight_beside_it(run, api, catalog):
+    # Request 2 is page 2, asked for as page 1's headers came: it gets a 503, then retries.
+    api.faults[2] = {"status": 503, "headers": {"Retry-After": "0"}}
+    result = run(catalog.both_cursors, "--limit", "5")
+    assert result.json() == rich_records(catalog)
+    assert [line.split(";")[0] for line in result.stderr.splitlines()] == [
+        "page 2: the API answered 503"]
+    assert len(api.fetches()) == non_empty_pages(api, catalog.both_cursors, 5) + 2
+
+
+def test_max_results_keeps_its_single_request_for_a_first_page_that_completes_it(run, api,
+                                                                                 catalog):
+    assert len(run(catalog.both_cursors, "--limit", "10", "--max-results", "5").json()) == 5
+    assert len(api.fetches()) == 1
+
+
+def test_max_results_sends_no_request_that_one_page_at_a_time_would_not(run, api, env,
+                                                                        catalog):
+    overlapped = run(catalog.both_cursors, "--limit", "2", "--max-results", "5")
+    requests_overlapped = len(api.fetches())
+    api.reset()
+    sequential = run(catalog.both_cursors, "--limit", "2", "--max-results", "5",
+                     env=one_at_a_time(env))
+    assert overlapped.stdout == sequential.stdout and len(overlapped.json()) == 5
+    assert requests_overlapped == len(api.fetches()) > 1
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_with_two_requests_in_flight_ends_the_run_at_once(api, env, catalog,
+                                                                   tmp_path, sig, code, word):
+    target = tmp_path / "results.json"
+    target.write_bytes(b"previous results\n")
+    # Page 1's body and page 2's answer both hang (for longer than the test waits).
+    api.faults.update({1: {"body_delay": 60}, 2: {"delay": 60}})
+    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.both_cursors, "--limit",
+                                "5", "--output", str(target)], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while api.most_in_flight < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert api.in_flight == 2
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=20)  # far less than the hanging requests
+    assert_no_key(stdout, stderr)
+    assert (process.returncode, stdout) == (code, b"")
+    assert stderr.decode().splitlines() == [f"fetch_experiment_results.py: {word}"]
+    assert target.read_bytes() == b"previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
