@@ -225,12 +225,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--network", action="store_true",
                         help="pages take server time and bodies stream at a limited rate "
-                        "(defaults then: 1,200 traces, page size 100: 12 pages)")
+                        "(page size then 250: 12 pages)")
     parser.add_argument("--server-delay", type=float, default=0.25,
                         help="with --network: seconds to build each page")
     args = parser.parse_args(argv)
-    if args.network and args.traces == 3000 and args.page_size == 200:
-        args.traces, args.page_size = 1200, 100
+    if args.network and args.page_size == 200:
+        args.page_size = 250
     run_benchmark(args.traces, args.spans, args.trace_bytes, args.page_size, args.runs,
                   network=args.network, server_delay=args.server_delay)
 

@@ -225,7 +225,8 @@ def test_a_bare_404_from_a_wrong_api_path_says_to_check_the_api_url(run, api, ca
     assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
     assert api.requests[0].path == f"/v1/v1/experiment/{catalog.rich}/fetch"
     [line] = result.stderr.splitlines()
-    assert "check the API URL" in line and "without /v1" in line and "404" in line
+    assert f"check the API URL {api.url}/v1: it is the base URL" in line
+    assert "without /v1" in line and "404" in line
 
 
 # -- BRAINTRUST_NUM_RETRIES ------------------------------------------------------------------

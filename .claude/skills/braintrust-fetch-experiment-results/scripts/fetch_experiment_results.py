@@ -622,10 +622,10 @@ def check_status(answer: Answer, what: str, settings: Settings, not_found: str) 
         raise ApiError(f"{what}: the API refused the key ({words}: {message}); check that "
                        "BRAINTRUST_API_KEY is a valid key of an organisation that can read it")
     if answer.status == 404 and json_or_none(answer.body) is None:
-        # The API words its 404s in JSON; a bare one means the path itself is unknown there.
-        raise ApiError(f"{what}: {settings.api_url} has no such API path ({words}: {message})"
-                       f"; check the API URL: it is the base URL, e.g. {DEFAULT_API_URL}, "
-                       "without /v1")
+        # The API words its 404s in JSON; a bare one is more likely a path unknown there.
+        raise ApiError(f"{what}: {not_found} ({words}: {message}); if that is right, check "
+                       f"the API URL {settings.api_url}: it is the base URL, e.g. "
+                       f"{DEFAULT_API_URL}, without /v1")
     if answer.status in (400, 404):
         raise ApiError(f"{what}: {not_found} ({words}: {message})")
     tries = f"{answer.tries} {'try' if answer.tries == 1 else 'tries'}"
