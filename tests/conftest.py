@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,28 @@ def assert_no_key(*printed: bytes, env: Optional[Dict[str, str]] = None) -> None
     for output in printed:
         for key in keys:
             assert key.encode() not in output, f"a key leaked: {key[:8]}..."
+
+
+def run_on_a_terminal(args, env: Dict[str, str], cwd: Path, stdout: Any = subprocess.PIPE):
+    """Run the script with stderr (and stdout too, when `stdout` is None) on a
+    pseudo-terminal; the exit code and what the terminal showed, checked for keys."""
+    leader, follower = pty.openpty()
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd,
+                          stdout=follower if stdout is None else stdout, stderr=follower,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal's other end is gone: all was read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert_no_key(shown, done.stdout or b"", env=env)
+    return done.returncode, shown if stdout is None else (shown, done.stdout)
 
 
 def run_script(*args: str, env: Dict[str, str], cwd: Path, timeout: float = 60) -> Result:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import experiments
-from conftest import SCRIPT, SKILL, assert_no_key, clean_env, load_script
+from conftest import SCRIPT, SKILL, assert_no_key, clean_env, load_script, run_on_a_terminal
 from fake_api import API_KEY, page_of
 
 script = load_script()
@@ -374,28 +374,10 @@ def test_the_script_is_executable_with_a_python_shebang_and_inline_metadata():
 
 def test_a_terminal_on_stderr_gets_a_progress_line_and_stdout_only_the_data(env, catalog,
                                                                              tmp_path):
-    import os
-    import pty
-    import sys
-    leader, follower = pty.openpty()
-    done = subprocess.run([sys.executable, str(SCRIPT), catalog.rich, "--limit", "10"],
-                          env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=follower,
-                          timeout=60)
-    os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
-    assert done.returncode == 0
+    code, (shown, stdout) = run_on_a_terminal([catalog.rich, "--limit", "10"], env, tmp_path)
+    assert code == 0
     assert b"page 1: " in shown and b"24 records from" in shown
-    assert_no_key(shown, done.stdout)
-    assert len(json.loads(done.stdout)) == 24
+    assert len(json.loads(stdout)) == 24
 
 
 def test_the_version_is_the_same_in_the_script_and_pyproject():

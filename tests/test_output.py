@@ -1,22 +1,20 @@
 """End to end: where the output goes and how the run ends (issue 8): --output into
-symlinks, FIFOs and devices, failed writes, SIGTERM, a reader that goes away, a terminal."""
+symlinks, FIFOs and devices, failed writes, a reader that goes away, a terminal. (SIGTERM:
+test_reliability.py, beside Ctrl-C.)"""
 from __future__ import annotations
 
 import json
 import os
-import pty
 import resource
-import signal
 import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 import experiments
-from conftest import SCRIPT, assert_no_key, load_script
+from conftest import SCRIPT, assert_no_key, load_script, run_on_a_terminal
 
 script = load_script()
 
@@ -115,26 +113,6 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_file(tmp_path
     assert files_in(tmp_path) == ["results.json"]
 
 
-def test_sigterm_exits_143_with_one_line_and_leaves_the_output_file(api, env, catalog,
-                                                                     tmp_path):
-    target = tmp_path / "results.json"
-    target.write_bytes(b"previous results\n")
-    api.faults[2] = {"delay": 8}
-    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.rich, "--limit", "3",
-                                "--output", str(target)], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 20
-    while len(api.requests) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=20)
-    assert_no_key(stdout, stderr)
-    assert (process.returncode, stdout) == (143, b"")
-    assert stderr.decode().splitlines() == ["fetch_experiment_results.py: terminated"]
-    assert target.read_bytes() == b"previous results\n"
-    assert files_in(tmp_path) == ["results.json"]
-
-
 def test_a_reader_that_goes_away_ends_the_run_quietly_with_exit_0(env, catalog, tmp_path):
     # As `| head -c 10`: the reader closes the pipe, so the write meets EPIPE.
     process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.many], env=env,
@@ -158,23 +136,8 @@ def test_head_in_a_shell_pipeline_gets_its_bytes_and_no_traceback(env, catalog, 
 
 def on_a_terminal(env, tmp_path, *args):
     """Run with stdout and stderr on one pseudo-terminal, as in an interactive shell."""
-    leader, follower = pty.openpty()
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=tmp_path,
-                          stdout=follower, stderr=follower, stdin=subprocess.DEVNULL,
-                          timeout=60)
-    os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
-    assert_no_key(shown)
-    return done.returncode, shown.replace(b"\r\n", b"\n")
+    code, shown = run_on_a_terminal(args, env, tmp_path, stdout=None)
+    return code, shown.replace(b"\r\n", b"\n")
 
 
 def test_on_a_terminal_the_records_start_on_a_line_of_their_own(env, catalog, tmp_path):

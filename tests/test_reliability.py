@@ -291,8 +291,10 @@ def test_a_failed_run_leaves_an_existing_output_file_as_it_was(run, api, catalog
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
-def test_ctrl_c_during_a_slow_page_exits_130_with_one_line_and_no_output(api, env, catalog,
-                                                                          tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_during_a_slow_page_exit_with_one_line_and_no_output(
+        api, env, catalog, tmp_path, sig, code, word):
     target = tmp_path / "results.json"
     target.write_bytes(b"previous results\n")
     api.faults[2] = {"delay": 8}
@@ -303,11 +305,11 @@ def test_ctrl_c_during_a_slow_page_exits_130_with_one_line_and_no_output(api, en
     while len(api.requests) < 2 and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=20)
-    assert process.returncode == 130
+    assert process.returncode == code
     assert stdout == b""
-    assert stderr.decode().splitlines() == ["fetch_experiment_results.py: interrupted"]
+    assert stderr.decode().splitlines() == [f"fetch_experiment_results.py: {word}"]
     assert target.read_bytes() == b"previous results\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     assert_no_key(stdout, stderr)
