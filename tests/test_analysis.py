@@ -117,6 +117,16 @@ def test_filters_combine_with_edited_only_as_and(run, catalog):
     assert records == [dict(record(catalog, "edited_error"), edited=True)]
 
 
+@pytest.mark.parametrize("flags, want", [
+    (["--tag", "smoke", "--edited-only"], ["edited_ok"]),
+    (["--score", "Exact Match<1", "--edited-only"], ["edited_error"]),
+    (["--tag", "smoke", "--max-results", "2"], ["edited_ok", "failed"]),
+    (["--score", "Exact Match>=0.5", "--max-results", "2"], ["edited_ok", "deleted_llm"]),
+])
+def test_tag_and_score_combine_with_edited_only_and_max_results(run, catalog, flags, want):
+    assert names_of(run(catalog.analysis, *flags).json(), catalog) == want
+
+
 def test_max_results_counts_the_records_left_after_the_filters(run, catalog):
     records = run(catalog.analysis, "--errors-only", "--max-results", "2").json()
     assert names_of(records, catalog) == ["edited_error", "empty_error"]

@@ -270,7 +270,8 @@ def test_behind_a_303_the_next_cursor_is_found_wherever_it_travels(run, api, cat
     assert len(api.blob_requests) == pages + 1
 
 
-@pytest.mark.parametrize("which", ["redirect_encoded", "redirect_raw"])
+@pytest.mark.parametrize("which", ["redirect_encoded", "redirect_raw",
+                                   "redirect_cursor_on_303"])  # the last: two pages at once
 def test_a_303_to_an_object_store_is_followed_without_the_key(run, api, catalog, which):
     result = run(getattr(catalog, which), "--limit", "10")
     assert result.json() == all_records(catalog)
