@@ -1407,11 +1407,11 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
     cases = islice(selected(latest), args.max_results)
     if args.summary:
         cases = list(cases)
-        missing = None
-        if index is not None:
+        compared = None
+        if index is not None:  # "missing" counts over every case read, before filters
             read = {case_key(case) for case in cases_from(latest)}
-            missing = (baseline_id, sum(1 for key in index if key not in read))
-        chunks = render_summary(summarise(cases, experiment_id, missing), args.format)
+            compared = (baseline_id, sum(1 for key in index if key not in read))
+        chunks = render_summary(summarise(cases, experiment_id, compared), args.format)
     else:
         keys = record_keys(args)
         records = (as_record(case, keys, args.truncate) for case in cases)
