@@ -9,20 +9,15 @@ import time
 
 import pytest
 
-import experiments
 from conftest import SCRIPT, assert_no_key
 from fake_api import encode_cursor, page_of
-from test_cli import non_empty_pages
+from test_cli import non_empty_pages, rich_records
 
 # Every shape whose pages carry a header cursor, so that overlap happens (the others never
 # overlap, and their records are checked exactly elsewhere, with overlap allowed).
 SHAPES = ["both_cursors", "header_cursor", "redirect_cursor_on_303", "redirect_cursor_on_blob",
           "redirect_cursor_amz_meta", "decoy_header", "odd_headers", "versions", "analysis",
           "many", "current"]
-
-
-def rich_records(catalog):
-    return [experiments.expected_record(catalog.rich_cases, n) for n in experiments.RICH_ORDER]
 
 
 def one_at_a_time(env):
