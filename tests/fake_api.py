@@ -103,6 +103,7 @@ class FakeBraintrust:
         self.requests: List[Request] = []
         self.blob_requests: List[Request] = []
         self.connections = 0
+        self.open_connections = 0  # connections whose handler is still running
         self.in_flight = self.most_in_flight = 0  # fetch requests being answered at once
         self.blobs: Dict[str, Tuple[bytes, str, Dict[str, str]]] = {}
         self.lock = threading.Lock()
@@ -144,6 +145,13 @@ class FakeBraintrust:
 
     def fetches(self) -> List[Request]:
         return [r for r in self.requests if r.path.endswith("/fetch")]
+
+    def settle(self, timeout: float = 10) -> None:
+        """Wait until every connection's handler has ended: after the client has exited,
+        every request it sent whole is then in the log."""
+        deadline = time.time() + timeout
+        while self.open_connections and time.time() < deadline:
+            time.sleep(0.01)
 
     # -- the API --------------------------------------------------------------------------
 
@@ -286,7 +294,10 @@ class FakeBraintrust:
             blob_headers["x-amz-meta-bt_cursor"] = next_cursor
         if fault.get("body_delay"):
             handler.before_body = lambda: self.pause(fault["body_delay"])
-        if fault.get("cut"):
+        if fault.get("trickle"):  # the headers, then a byte every `trickle` seconds
+            handler.reply(200, payload, "application/json", headers,
+                          trickle=fault["trickle"])
+        elif fault.get("cut"):
             handler.reply(200, payload, "application/json", headers, cut=True)
         elif experiment.redirect:
             token = uuid.uuid4().hex
@@ -337,10 +348,21 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.fake.lock:
             self.server.fake.connections += 1
+            self.server.fake.open_connections += 1
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.fake.lock:
+                self.server.fake.open_connections -= 1
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:  # the client left half-way through: no request to record
+            self.close_connection = True
+            return
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -356,7 +378,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def reply(self, status: int, body: bytes, content_type: str,
               headers: Optional[Dict[str, str]] = None, cut: bool = False,
-              bandwidth: Optional[float] = None) -> None:
+              bandwidth: Optional[float] = None, trickle: Optional[float] = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -372,6 +394,16 @@ class Handler(BaseHTTPRequestHandler):
         if self.before_body is not None:
             before, self.before_body = self.before_body, None
             before()
+        if trickle is not None:  # never faster than a byte a `trickle`: stops when cut off
+            try:
+                for sent in range(len(body)):
+                    self.wfile.write(body[sent:sent + 1])
+                    self.wfile.flush()
+                    self.server.fake.pause(trickle)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         if bandwidth is None:
             self.wfile.write(body)
             return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import benchmark
 
@@ -43,3 +44,21 @@ def test_the_network_rows_run_and_give_the_same_records_either_way(tmp_path):
     one_at_a_time = tmp_path / "script,_BRAINTRUST_MAX_IN_FLIGHT=1"
     assert (tmp_path / "script").read_bytes() == one_at_a_time.read_bytes()
     assert len(json.loads(one_at_a_time.read_bytes())) == 12
+
+
+def test_the_memory_benchmark_measures_a_run_and_the_store_it_keeps_on_disk():
+    import benchmark_memory  # noqa: E402  (the issue 15 benchmark)
+
+    fake = benchmark.start_fake(200, 5, 2000)
+    try:
+        env = benchmark.client_env(fake)
+        script = [sys.executable, str(benchmark.SCRIPT), benchmark.EXPERIMENT_ID,
+                  "--limit", "20"]
+        seconds, peak_mib, store_mib = benchmark_memory.measure(
+            script, dict(env, BRAINTRUST_SPILL_MB="0", BRAINTRUST_HTTP_DEADLINE="30"))
+        in_memory = benchmark_memory.measure(script, env)
+    finally:
+        fake.close()
+    assert seconds > 0 and peak_mib > 1
+    assert store_mib > 0  # the store's file was seen while the script ran
+    assert in_memory[2] == 0  # 200 small traces stay in memory by default

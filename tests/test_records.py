@@ -342,11 +342,14 @@ def test_the_key_is_the_dataset_record_else_the_input_with_sorted_keys():
     assert script.case_key(case("r1")) != script.case_key(case(origin=by_row))
 
 
+def trial(scores, trace="t", output="o"):
+    return (trace, output, scores)
+
+
 def test_trials_of_the_baseline_average_per_score_and_keep_the_first():
-    index = script.baseline_index([case(scores={"a": 1.0, "b": None}, trace="first"),
-                                   case(scores={"a": 0.0, "c": 0.5}, trace="second")])
-    assert len(index) == 1
-    assert script.comparison(case(scores={"a": 0.5, "c": 0.5}), index) == {
+    found = script.baseline_case([trial({"a": 1.0, "b": None}, "first"),
+                                  trial({"a": 0.0, "c": 0.5}, "second", "o2")])
+    assert script.comparison(case(scores={"a": 0.5, "c": 0.5}), found) == {
         "baseline": {"root_span_id": "first", "output": "o",
                      "scores": {"a": 0.5, "c": 0.5}, "count": 2},
         "diff": {"a": 0.0, "c": 0.0}, "status": "unchanged"}
@@ -355,18 +358,24 @@ def test_trials_of_the_baseline_average_per_score_and_keep_the_first():
 @pytest.mark.parametrize("now, status", [(0.5 - 2e-9, "regressed"), (0.5 - 1e-10, "unchanged"),
                                          (0.5 + 2e-9, "improved"), (0.5, "unchanged")])
 def test_a_status_ignores_differences_within_1e_9(now, status):
-    index = script.baseline_index([case(scores={"a": 0.5})])
-    assert script.comparison(case(scores={"a": now}), index)["status"] == status
+    found = script.baseline_case([trial({"a": 0.5})])
+    assert script.comparison(case(scores={"a": now}), found)["status"] == status
+
+
+@pytest.mark.parametrize("now, status", [(0.45, "unchanged"), (0.44, "regressed"), (0.43, "regressed"),
+                                         (0.51, "improved")])
+def test_min_drop_makes_a_smaller_fall_no_regression(now, status):
+    found = script.baseline_case([trial({"a": 0.5})])
+    assert script.comparison(case(scores={"a": now}), found, min_drop=0.06)["status"] == status
 
 
 def test_one_regressed_score_outweighs_improved_ones():
-    index = script.baseline_index([case(scores={"a": 0.5, "b": 0.5})])
-    assert script.comparison(case(scores={"a": 1.0, "b": 0.4}), index)["status"] == "regressed"
+    found = script.baseline_case([trial({"a": 0.5, "b": 0.5})])
+    assert script.comparison(case(scores={"a": 1.0, "b": 0.4}), found)["status"] == "regressed"
 
 
 def test_an_unmatched_case_is_new():
-    assert script.comparison(case("q"), script.baseline_index([case("other")])) == {
-        "baseline": None, "diff": {}, "status": "new"}
+    assert script.comparison(case("q"), None) == {"baseline": None, "diff": {}, "status": "new"}
 
 
 # -- paging: where the next cursor travels (issue 8) --------------------------------------------

@@ -314,3 +314,46 @@ def test_ctrl_c_or_sigterm_during_a_slow_page_exit_with_one_line_and_no_output(
     assert target.read_bytes() == b"previous results\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     assert_no_key(stdout, stderr)
+
+
+# -- a deadline on every request (issue 15) --------------------------------------------------
+
+def deadline_env(env, retries):
+    return dict(env, BRAINTRUST_HTTP_DEADLINE="1", BRAINTRUST_NUM_RETRIES=str(retries),
+                BRAINTRUST_HTTP_TIMEOUT="30")
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_deadline_and_asked_again(
+        run, api, env, catalog):
+    # Each byte comes well within the read timeout, so only the deadline can end it.
+    api.faults[1] = {"trickle": 0.05}
+    result = run(catalog.rich, env=deadline_env(env, 1), timeout=30)
+    assert result.json() == all_records(catalog)
+    assert [line.split(";")[0] for line in retry_lines(result.stderr)] == [
+        "page 1: the connection failed (no whole answer within BRAINTRUST_HTTP_DEADLINE (1 s))"]
+    assert 0.9 <= gap(api, 1, 2) < 10
+
+
+def test_a_body_trickled_on_every_try_exits_1_naming_the_deadline(run, api, env, catalog):
+    api.faults.update({1: {"trickle": 0.05}, 2: {"trickle": 0.05}})
+    result = run(catalog.rich, env=deadline_env(env, 1), timeout=30)
+    assert (result.code, result.stdout) == (1, b"")
+    assert result.stderr.splitlines()[-1] == (
+        "fetch_experiment_results.py: error: page 1: no whole answer within "
+        "BRAINTRUST_HTTP_DEADLINE (1 s), 2 times: the server (or a proxy) is sending it very "
+        "slowly; try again later, or raise BRAINTRUST_HTTP_DEADLINE")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf"])
+def test_a_bad_deadline_is_a_usage_error_before_any_request(run, api, env, catalog, value):
+    result = run(catalog.rich, env=dict(env, BRAINTRUST_HTTP_DEADLINE=value))
+    assert (result.code, result.stdout, api.requests) == (2, b"", [])
+    assert "BRAINTRUST_HTTP_DEADLINE must be a number of seconds above 0" in result.stderr
+
+
+def test_progress_counts_read_naturally_in_the_singular(run, catalog):
+    # One trace a page: the newest rows first, a deletion and a deleted score, then roots.
+    lines = run(catalog.rich, "--limit", "1", "--verbose").stderr.splitlines()
+    assert lines[:3] == ["page 1: 1 event (1 in all), 0 records so far",
+                         "page 2: 1 event (2 in all), 0 records so far",
+                         "page 3: 1 event (3 in all), 1 record so far"]

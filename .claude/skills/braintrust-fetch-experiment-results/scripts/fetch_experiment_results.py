@@ -8,8 +8,8 @@
 The data flows top to bottom: settings (key, URL, arguments) -> HTTP session -> pages ->
 events to records (pure functions) -> analysis: filters, baseline, summary (pure) ->
 output -> main. Stdout carries only the data; every message goes to stderr. Exit codes:
-0 done, 1 the API or the network failed, 2 bad arguments or settings, 130 interrupted
-(Ctrl-C), 143 terminated (SIGTERM).
+0 done, 1 the API or the network failed, 2 bad arguments or settings, 3 a regression
+(--fail-on-regression), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import gzip
 import io
 import ipaddress
 import json
+import marshal
 import math
 import operator
 import os
@@ -27,6 +28,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import tempfile
@@ -36,6 +38,7 @@ import unicodedata
 import urllib.parse
 import uuid
 from concurrent.futures import Future
+from fractions import Fraction
 from itertools import islice
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
                     Tuple, Union)
@@ -47,7 +50,7 @@ from urllib3.exceptions import (HTTPError, MaxRetryError, NameResolutionError, P
                                 SSLError)
 from urllib3.util.retry import Retry
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 PROG = "fetch_experiment_results.py"
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
@@ -56,11 +59,14 @@ CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0  # what the official SDK uses for BRAINTRUST_HTTP_TIMEOUT
 DEFAULT_RETRIES = 5  # per request; BRAINTRUST_NUM_RETRIES, the official SDK's name
 DEFAULT_IN_FLIGHT = 2  # page requests at once: BRAINTRUST_MAX_IN_FLIGHT=1 pages one by one
+DEFAULT_DEADLINE = 300.0  # seconds one request may take, first byte sent to last received
+DEFAULT_SPILL_MB = 48  # megabytes of pages handled in memory before rows move to disk
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 RETRY_AFTER_CAP = 60.0
 SERVER_TEXT_LIMIT = 300
 
-EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_REGRESSED = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 class UsageError(Exception):
@@ -99,6 +105,17 @@ def positive_int(text: str, *, most: Optional[int] = None) -> int:
 
 def page_size(text: str) -> int:
     return positive_int(text, most=MAX_PAGE_SIZE)
+
+
+def score_drop(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of 0 or more (how far a score must "
+                                         f"fall to count as a regression), got {text!r}")
+    return value
 
 
 # Extra record fields for --include, in the order they are printed.
@@ -159,11 +176,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "or self-hosted deployments, BRAINTRUST_HTTP_TIMEOUT the read timeout in seconds "
         f"({DEFAULT_READ_TIMEOUT:g}), BRAINTRUST_NUM_RETRIES the retries per request "
         f"({DEFAULT_RETRIES}), BRAINTRUST_MAX_IN_FLIGHT the page requests at once "
-        f"({DEFAULT_IN_FLIGHT}; 1 requests each page only after the one before). Filters combine with AND; --max-results counts after them. "
+        f"({DEFAULT_IN_FLIGHT}; 1 requests each page only after the one before), "
+        f"BRAINTRUST_HTTP_DEADLINE the seconds one request may take in all "
+        f"({DEFAULT_DEADLINE:g}), BRAINTRUST_SPILL_MB the megabytes of pages handled in memory "
+        f"before the rows move to a temporary file in TMPDIR ({DEFAULT_SPILL_MB}). "
+        "Filters combine with AND; --max-results counts after them. "
         "Exit codes: 0 done, 1 the API or network failed, 2 bad arguments or settings, "
-        "130 interrupted, 143 terminated.",
+        "3 a regression with --fail-on-regression, 130 interrupted, 143 terminated.",
     )
-    parser.add_argument("experiment", metavar="EXPERIMENT",
+    parser.add_argument("experiment", metavar="EXPERIMENT", nargs="?",
                         help="experiment id, experiment link, or name (with --project)")
     parser.add_argument("--project", metavar="NAME",
                         help="project of the experiment named by EXPERIMENT")
@@ -193,14 +214,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "baseline, diff and status")
     parser.add_argument("--regressions-only", action="store_true",
                         help="with --baseline: only records that scored lower than the baseline")
+    parser.add_argument("--fail-on-regression", action="append", nargs="?", const="",
+                        metavar="SCORE",
+                        help="with --baseline: write the output, then exit 3 if a record "
+                        "printed regressed (on SCORE only, when given; repeatable)")
+    parser.add_argument("--min-drop", type=score_drop, default=0.0, metavar="X",
+                        help="with --baseline: a score must fall by at least X to count as a "
+                        "regression, in status, the summary and the gate (default: any fall "
+                        "beyond float noise, 1e-9)")
     parser.add_argument("--truncate", type=positive_int, metavar="N",
                         help="cut strings in input, output, expected, metadata and error to N "
                         "characters, marked with …[+K chars]")
     parser.add_argument("--summary", action="store_true",
                         help="print one JSON object describing the records instead of them")
-    parser.add_argument("--format", choices=("json", "jsonl", "csv"), default="json",
+    parser.add_argument("--format", choices=("json", "jsonl", "csv", "markdown"),
+                        default="json",
                         help="json: one indented array (default); jsonl: one record per line; "
-                        "csv: a header row, then one row per record")
+                        "csv: a header row, then one row per record; markdown: a report (counts, "
+                        "a table of scores, the regressed or errored cases) for a pull request")
+    parser.add_argument("--schema", action="store_true",
+                        help="print the JSON Schema of one record (of the summary, with "
+                        "--summary) for the other flags given, and exit: no key or network")
     parser.add_argument("--output", metavar="FILE",
                         help="write to FILE (replaced only when the run succeeds) instead of "
                         "stdout; - is stdout")
@@ -212,10 +246,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     args.include = include_fields(args.include)
-    if args.regressions_only and args.baseline is None:
-        raise UsageError("--regressions-only needs --baseline EXPERIMENT (or --baseline auto)")
-    if args.summary and args.format == "csv":
-        raise UsageError("--summary prints one JSON object: use --format json or jsonl with it")
+    if args.experiment is None and not args.schema:
+        raise UsageError("the following arguments are required: EXPERIMENT")
+    for flag, given in (("--regressions-only", args.regressions_only),
+                        ("--fail-on-regression", args.fail_on_regression is not None),
+                        ("--min-drop", args.min_drop > 0)):
+        if given and args.baseline is None:
+            raise UsageError(f"{flag} needs --baseline EXPERIMENT (or --baseline auto)")
+    if args.summary and args.format in ("csv", "markdown"):
+        raise UsageError(f"--summary prints one JSON object: use --format json or jsonl with it"
+                         f"{' (markdown is already a summary)' if args.format == 'markdown' else ''}")
+    if args.schema and args.format == "markdown":
+        raise UsageError("--schema describes JSON records: markdown is a report, with no schema")
+    # The gate: None, none asked; an empty set, a regression on any score; else on these.
+    args.gate = None
+    if args.fail_on_regression is not None:
+        names = [name.strip() for name in args.fail_on_regression]
+        args.gate = set(names) if all(names) else set()
     if args.output == "":
         raise UsageError("--output is empty: name a file, or - for stdout")
     if args.output == "-":
@@ -229,6 +276,8 @@ class Settings(NamedTuple):
     read_timeout: float
     retries: int
     max_in_flight: int
+    deadline: float = DEFAULT_DEADLINE
+    spill_after: int = DEFAULT_SPILL_MB << 20  # bytes of pages
 
 
 def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings:
@@ -250,14 +299,27 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
         raise UsageError("BRAINTRUST_API_KEY holds spaces or characters that cannot go in an "
                          "HTTP header: copy the key again")
     api_url = checked_api_url(args.api_url or setting("BRAINTRUST_API_URL") or DEFAULT_API_URL)
-    timeout_text = setting("BRAINTRUST_HTTP_TIMEOUT") or str(DEFAULT_READ_TIMEOUT)
+
+    def seconds(name: str, default: float) -> float:
+        text = setting(name) or str(default)
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0.0
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{name} must be a number of seconds above 0, got {text!r}")
+        return value
+
+    read_timeout = seconds("BRAINTRUST_HTTP_TIMEOUT", DEFAULT_READ_TIMEOUT)
+    deadline = seconds("BRAINTRUST_HTTP_DEADLINE", DEFAULT_DEADLINE)
+    spill_text = setting("BRAINTRUST_SPILL_MB") or str(DEFAULT_SPILL_MB)
     try:
-        read_timeout = float(timeout_text)
+        spill_after = float(spill_text) * 2 ** 20
     except ValueError:
-        read_timeout = 0.0
-    if not 0 < read_timeout < float("inf"):
-        raise UsageError(f"BRAINTRUST_HTTP_TIMEOUT must be a number of seconds above 0, "
-                         f"got {timeout_text!r}")
+        spill_after = -1.0
+    if not 0 <= spill_after < float("inf"):
+        raise UsageError(f"BRAINTRUST_SPILL_MB must be a number of megabytes, 0 or more (0: "
+                         f"the rows go to disk from the first page), got {spill_text!r}")
     retries_text = setting("BRAINTRUST_NUM_RETRIES") or str(DEFAULT_RETRIES)
     if not retries_text.isdigit() or int(retries_text) > 100:
         raise UsageError(f"BRAINTRUST_NUM_RETRIES must be a whole number from 0 to 100, "
@@ -268,7 +330,8 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
                          f"2 (the next page requested while this one arrives), got {in_flight!r}")
     if args.output:
         check_writable(args.output)
-    return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight))
+    return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight), deadline,
+                    int(spill_after))
 
 
 def is_regular_or_missing(path: str) -> bool:
@@ -404,13 +467,15 @@ class AnnouncedRetry(Retry):
     what no retry can heal: a host name that does not resolve, a certificate not trusted."""
 
     def __init__(self, *args: Any, announce: Callable[[str], None] = lambda line: None,
-                 what: str = "request", **kwargs: Any):
+                 what: str = "request", clock: Optional[List[float]] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.announce, self.what = announce, what
+        # clock[0]: when the current attempt started, for BRAINTRUST_HTTP_DEADLINE
+        self.announce, self.what, self.clock = announce, what, clock or [time.monotonic()]
 
     def new(self, **kwargs: Any) -> "AnnouncedRetry":
         kwargs.setdefault("announce", self.announce)
         kwargs.setdefault("what", self.what)
+        kwargs.setdefault("clock", self.clock)
         return super().new(**kwargs)
 
     def increment(self, method: Optional[str] = None, url: Optional[str] = None,
@@ -440,9 +505,11 @@ class AnnouncedRetry(Retry):
         self.announce(f"{self.what}: {why}; retrying in {wait:.1f} s "
                       f"(attempt {len(self.history) + 1} of {tries})")
         time.sleep(wait)
+        self.clock[0] = time.monotonic()
 
 
-def retry_policy(what: str, announce: Callable[[str], None], retries: int) -> AnnouncedRetry:
+def retry_policy(what: str, announce: Callable[[str], None], retries: int,
+                 clock: Optional[List[float]] = None) -> AnnouncedRetry:
     return AnnouncedRetry(
         total=retries,
         status_forcelist=RETRIED_STATUSES,
@@ -453,6 +520,7 @@ def retry_policy(what: str, announce: Callable[[str], None], retries: int) -> An
         raise_on_status=False,  # hand back the last answer so its message can be shown
         what=what,
         announce=announce,
+        clock=clock,
     )
 
 
@@ -531,6 +599,35 @@ def unreachable(error: requests.exceptions.RequestException, what: str, url: str
     return ApiError(f"{what}: the request failed ({describe_error(error)})")
 
 
+def cut_off_after(response: requests.Response, seconds: float) -> Callable[[], bool]:
+    """Shut the answer's connection down in `seconds` unless it is read by then, so a server
+    that trickles a body cannot hold the run (each byte would reset the read timeout).
+    Returns the disarming call, which says whether the cut came first."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    lock, state = threading.Lock(), {"read": False, "cut": False}
+
+    def cut() -> None:
+        with lock:
+            if state["read"]:
+                return
+            state["cut"] = True
+        try:  # wakes the reading thread: its recv ends as if the server had closed
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except (OSError, TypeError):
+            pass
+
+    timer = threading.Timer(max(seconds, 0.0), cut)
+    timer.daemon = True
+    timer.start()
+
+    def disarm() -> bool:
+        with lock:
+            state["read"] = True
+        timer.cancel()
+        return state["cut"]
+    return disarm
+
+
 class Answer(NamedTuple):
     """An HTTP answer with its whole body read."""
     status: int
@@ -546,7 +643,9 @@ def send(session: requests.Session, method: str, url: str, what: str, settings: 
     """One request with its body read, retried as a whole (within the same budget) when the
     connection breaks after the headers, which urllib3 does not retry by itself."""
     adapter = session.get_adapter(url)
-    retry = retry_policy(what, announce, settings.retries)
+    clock = [time.monotonic()]  # when this attempt started (retries restart it)
+    retry = retry_policy(what, announce, settings.retries, clock)
+    late = f"no whole answer within BRAINTRUST_HTTP_DEADLINE ({settings.deadline:g} s)"
     while True:
         adapter.max_retries = retry
         try:
@@ -555,22 +654,32 @@ def send(session: requests.Session, method: str, url: str, what: str, settings: 
         except requests.exceptions.RequestException as error:
             raise unreachable(error, what, url) from None
         retry = response.raw.retries or retry
+        disarm = cut_off_after(response, clock[0] + settings.deadline - time.monotonic())
         try:
-            # One read of the whole body (gzip undone): much cheaper than requests' 10 KB chunks.
-            body = response.raw.read(decode_content=True)
+            try:
+                # One read of the whole body (gzip undone): much cheaper than requests' chunks.
+                body = response.raw.read(decode_content=True)
+            finally:
+                was_cut = disarm()
+            if was_cut:  # the read may have ended quietly, with part of the body
+                raise ProtocolError(late)
             return Answer(response.status_code, response.reason or "", response.headers, body,
                           len(retry.history) + 1,
                           tuple(earlier.headers for earlier in response.history))
         except (HTTPError, OSError) as error:
+            reason = late if was_cut else f"answer cut short: {describe_error(error)}"
             try:
-                retry = retry.increment(method, url, error=ProtocolError(
-                    f"answer cut short: {describe_error(error)}"))
+                retry = retry.increment(method, url, error=ProtocolError(reason))
             except MaxRetryError:
                 tries = settings.retries + 1
+                times = f"{tries} {'time' if tries == 1 else 'times'}"
+                if was_cut:
+                    raise ApiError(f"{what}: {late}, {times}: the server (or a proxy) is "
+                                   "sending it very slowly; try again later, or raise "
+                                   "BRAINTRUST_HTTP_DEADLINE") from None
                 raise ApiError(f"{what}: the connection broke while reading the answer, "
-                               f"{tries} {'time' if tries == 1 else 'times'} "
-                               f"({describe_error(error)})") from None
-            retry.sleep()
+                               f"{times} ({describe_error(error)})") from None
+            retry.sleep()  # which restarts the clock
         finally:
             response.close()
 
@@ -746,8 +855,9 @@ class PageRequest(NamedTuple):
 def fetch_pages(session: requests.Session, settings: Settings, experiment_id: str,
                 limit: int, announce: Callable[[str], None], label: str = "",
                 ahead: bool = True, note: Callable[[str], None] = lambda line: None
-                ) -> Iterator[List[Any]]:
-    """Each page's events, in the API's order, until a page comes back empty or uncursored.
+                ) -> Iterator[Tuple[List[Any], int]]:
+    """Each page's events and its size in bytes, in the API's order, until a page comes back
+    empty or uncursored.
 
     With `ahead` (and BRAINTRUST_MAX_IN_FLIGHT 2), the next page is requested, on a second
     connection, as soon as this page's headers carry its cursor, so the server builds it
@@ -805,7 +915,7 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
                 if not isinstance(data, dict) or not isinstance(data.get("events"), list):
                     raise ApiError(f"{what}: the answer is JSON but not a page of events "
                                    f"({first_bytes(answer)})")
-                cursor = next_cursor(data, answer)
+                cursor, size = next_cursor(data, answer), len(answer.body)
                 early = page.state["next"]  # final: set, if ever, before the body was read
                 if early is not None and early.cursor != cursor:
                     # Dropped before this slot comes back, so no follower of it can take it.
@@ -818,9 +928,10 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
                 slots.release()
             events = data["events"]
             del data
-            yield events
+            yield events, size
             if not events or not cursor:
                 return
+            del events  # or it would live on while the next page is parsed
             with lock:
                 if cursor in cursors_sent:
                     raise ApiError(f"{what}: the API sent back a cursor it had already sent, "
@@ -965,12 +1076,13 @@ def essentials(event: Dict[str, Any], with_costs: bool = False
     return None
 
 
-def absorb(latest: Dict[Any, tuple], events: Iterable[Any], with_costs: bool = False) -> None:
-    """Fold a page into `latest`: event id -> (version, essentials) of its newest version.
-    Pages run over the whole version history, so an id may come again, older or newer.
-    Spans that no record shows are not remembered (every version of a task or llm span is
-    one, unless costs are asked for), so the table grows with the records, not with the
-    events; deletions are."""
+Part = Union[RootPart, ScorePart, SpanPart, None]
+
+
+def versions(events: Iterable[Any], with_costs: bool = False) -> Iterator[Tuple[Any, int, Part]]:
+    """(row id, version, essentials) of each event worth remembering: spans that no record
+    shows are not (every version of a task or llm span is one, unless costs are asked for);
+    deletions are, as None."""
     for event in events:
         if not isinstance(event, dict):
             continue
@@ -978,7 +1090,13 @@ def absorb(latest: Dict[Any, tuple], events: Iterable[Any], with_costs: bool = F
         if part is None and event.get("_object_delete") is not True:
             continue
         key = event.get("id") or (event.get("root_span_id"), event.get("span_id"))
-        version = xact_number(event)
+        yield key, xact_number(event), part
+
+
+def absorb(latest: Dict[Any, tuple], events: Iterable[Any], with_costs: bool = False) -> None:
+    """Fold a page into `latest`: event id -> (version, essentials) of its newest version.
+    Pages run over the whole version history, so an id may come again, older or newer."""
+    for key, version, part in versions(events, with_costs):
         known = latest.get(key)
         if known is None or version > known[0]:
             latest[key] = (version, part)
@@ -999,10 +1117,21 @@ def case_metrics(fields: Dict[str, Any], cost: Cost) -> Dict[str, Any]:
     }
 
 
+def case_of(root: RootPart, trace_scores: Dict[str, Any], trace_cost: Optional[Cost]
+            ) -> Dict[str, Any]:
+    """A case: the record's seven fields, then everything the flags may print or filter on.
+    Scores: the trace's scorer spans, overlaid by the root's own (it holds human corrections)."""
+    case = dict(root.record)
+    case["scores"] = {**trace_scores, **root.record["scores"]}
+    case.update(root.fields)
+    if trace_cost is not None:
+        case["metrics"] = case_metrics(root.fields, trace_cost)
+    return case
+
+
 def cases_from(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
-    """One case per live root, in the order the roots first arrived: the record's seven
-    fields, then everything the flags may print or filter on. Scores: the trace's scorer
-    spans, overlaid by the root's own (the root holds human corrections)."""
+    """One case per live root, in the order the roots first arrived; a trace's scorer spans
+    merge, and its costs add up, in that order too."""
     trace_scores: Dict[Any, Dict[str, Any]] = {}
     trace_costs: Dict[Any, Cost] = {}
     for _, part in latest.values():
@@ -1012,12 +1141,146 @@ def cases_from(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
             trace_costs[part.trace] = add_costs(trace_costs.get(part.trace, NO_COST), part.cost)
     for _, part in latest.values():
         if isinstance(part, RootPart):
-            case = dict(part.record)
-            case["scores"] = {**trace_scores.get(part.trace, {}), **part.record["scores"]}
-            case.update(part.fields)
-            if part.cost is not None:
-                case["metrics"] = case_metrics(part.fields, trace_costs[part.trace])
-            yield case
+            yield case_of(part, trace_scores.get(part.trace, {}), trace_costs.get(part.trace))
+
+
+def count_roots(latest: Dict[Any, tuple]) -> int:
+    return sum(1 for _, part in latest.values() if isinstance(part, RootPart))
+
+
+# ---------------------------------------------------------------------------------------
+# The store: each row's newest version, in memory while the pages are few, then in a
+# temporary SQLite file, so memory stays flat however many cases an experiment has
+# ---------------------------------------------------------------------------------------
+
+DELETED, ROOT, SCORE, SPAN = 0, 1, 2, 3  # a row's kind in the table
+
+
+def open_scratch_database() -> sqlite3.Connection:
+    """A SQLite database in a new file in the temporary folder (TMPDIR), unlinked as soon
+    as it is open: no exit, not even a kill, can leave it behind. No journal is written
+    beside it: a failed run throws the whole database away."""
+    handle, path = tempfile.mkstemp(prefix="braintrust-fetch-", suffix=".sqlite")
+    os.close(handle)
+    try:
+        database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    finally:
+        os.unlink(path)
+    for pragma in ("journal_mode = OFF", "synchronous = OFF", "locking_mode = EXCLUSIVE",
+                   "cache_size = -4096", "temp_store = FILE"):  # a 4 MiB cache
+        database.execute(f"PRAGMA {pragma}")
+    return database
+
+
+def stored_text(value: Any) -> str:
+    """An id as a table key: strings as they are, anything else (a (trace, span) pair, a
+    number) as JSON behind a NUL, which no real id starts with, so none can collide."""
+    return value if isinstance(value, str) else "\0" + json.dumps(value)
+
+
+def stored_version(version: int) -> str:
+    """A version as text that sorts like the number, however many digits it has."""
+    return "" if version < 0 else f"{len(str(version)):04d}{version}"
+
+
+def stored_part(part: Part) -> Tuple[int, Optional[str], Optional[bytes]]:
+    """kind, trace and payload (marshal: exact for JSON's types, and fast) of a part."""
+    if part is None:
+        return DELETED, None, None
+    cost = tuple(part.cost) if part.cost is not None else None
+    if isinstance(part, RootPart):
+        return ROOT, stored_text(part.trace), marshal.dumps((part.record, part.fields, cost))
+    if isinstance(part, ScorePart):
+        return SCORE, stored_text(part.trace), marshal.dumps((part.scores, cost))
+    return SPAN, stored_text(part.trace), marshal.dumps(cost)
+
+
+TABLE = """CREATE TABLE rows (seq INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
+    version TEXT NOT NULL, kind INTEGER NOT NULL, trace TEXT, payload BLOB)"""
+# The newest version wins; `seq` stays the row's first arrival, which orders the records.
+UPSERT = """INSERT INTO rows (key, version, kind, trace, payload) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET version = excluded.version, kind = excluded.kind,
+    trace = excluded.trace, payload = excluded.payload WHERE excluded.version > rows.version"""
+# Each live root, then every live part of its trace (itself included), both in arrival
+# order: the index on trace keeps each trace's rows in seq order, so nothing is sorted.
+ROOTS_WITH_TRACES = """SELECT r.seq, r.payload, s.kind, s.payload FROM rows AS r
+    LEFT JOIN rows AS s ON s.trace = r.trace AND s.kind != 0
+    WHERE r.kind = 1 ORDER BY r.seq, s.seq"""
+
+
+def stored_rows(versioned: Iterable[Tuple[Any, int, Part]]) -> Iterator[tuple]:
+    for key, version, part in versioned:
+        yield (stored_text(key), stored_version(version), *stored_part(part))
+
+
+def cases_stored(database: sqlite3.Connection) -> Iterator[Dict[str, Any]]:
+    """cases_from, over the table."""
+    root: Optional[RootPart] = None
+    current, scores, cost = None, {}, None
+    for seq, payload, kind, part in database.execute(ROOTS_WITH_TRACES):
+        if seq != current:
+            if root is not None:
+                yield case_of(root, scores, cost)
+            record, fields, own_cost = marshal.loads(payload)
+            root = RootPart(None, record, fields, own_cost and Cost(*own_cost))
+            current, scores, cost = seq, {}, None
+        if kind == SCORE:
+            part_scores, part_cost = marshal.loads(part)
+            scores.update(part_scores)
+        elif kind == ROOT:
+            part_cost = marshal.loads(part)[2]
+        else:
+            part_cost = marshal.loads(part)
+        if part_cost is not None:
+            cost = add_costs(cost or NO_COST, Cost(*part_cost))
+    if root is not None:
+        yield case_of(root, scores, cost)
+
+
+class Store:
+    """The newest version of each row of one experiment: a dict (as `absorb` keeps it) until
+    the pages read pass `spill_after` bytes, then a table in a temporary file."""
+
+    def __init__(self, spill_after: int, with_costs: bool):
+        self.spill_after, self.with_costs = spill_after, with_costs
+        self.latest: Dict[Any, tuple] = {}
+        self.database: Optional[sqlite3.Connection] = None
+        self.bytes_read = 0
+
+    def add(self, events: List[Any], size: int) -> None:
+        self.bytes_read += size
+        if self.database is None and self.bytes_read > self.spill_after:
+            self.database = open_scratch_database()
+            self.database.execute(TABLE)
+            self.database.execute("CREATE INDEX by_trace ON rows (trace)")
+            self.database.execute("CREATE INDEX by_kind ON rows (kind)")
+            self.write(stored_rows((key, version, part) for key, (version, part)
+                                   in self.latest.items()))
+            self.latest = {}
+        if self.database is None:
+            absorb(self.latest, events, self.with_costs)
+        else:
+            self.write(stored_rows(versions(events, self.with_costs)))
+
+    def write(self, rows: Iterable[tuple]) -> None:
+        assert self.database is not None
+        self.database.execute("BEGIN")  # one transaction a page: far faster than one a row
+        self.database.executemany(UPSERT, rows)
+        self.database.execute("COMMIT")
+
+    def cases(self) -> Iterator[Dict[str, Any]]:
+        if self.database is None:
+            return cases_from(self.latest)
+        return cases_stored(self.database)
+
+    def count(self) -> int:
+        if self.database is None:
+            return count_roots(self.latest)
+        return self.database.execute("SELECT COUNT(*) FROM rows WHERE kind = 1").fetchone()[0]
+
+    def close(self) -> None:
+        if self.database is not None:
+            self.database.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1066,36 +1329,40 @@ class BaselineCase(NamedTuple):
     count: int
 
 
-def baseline_index(cases: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], BaselineCase]:
-    """The baseline's cases by key, keeping only what a comparison shows: the first case's
-    id and output, and per score name a sum and a count for the mean."""
-    index: Dict[Tuple[str, str], BaselineCase] = {}
-    for case in cases:
-        key = case_key(case)
-        known = index.get(key) or BaselineCase(case["root_span_id"], case["output"], {}, {}, 0)
-        sums, counts = dict(known.score_sums), dict(known.score_counts)
-        for name, value in case["scores"].items():
+def baseline_case(trials: Iterable[Tuple[Any, Any, Dict[str, Any]]]) -> BaselineCase:
+    """The baseline cases (root_span_id, output, scores) that share a key, as one: the first
+    one's id and output, and per score name a sum and a count for the mean."""
+    found = None
+    for root_span_id, output, scores in trials:
+        found = found or BaselineCase(root_span_id, output, {}, {}, 0)
+        for name, value in scores.items():
             if is_number(value):
-                sums[name] = sums.get(name, 0) + value
-                counts[name] = counts.get(name, 0) + 1
-        index[key] = known._replace(score_sums=sums, score_counts=counts, count=known.count + 1)
-    return index
+                found.score_sums[name] = found.score_sums.get(name, 0) + value
+                found.score_counts[name] = found.score_counts.get(name, 0) + 1
+        found = found._replace(count=found.count + 1)
+    assert found is not None, "a baseline case has at least one trial"
+    return found
 
 
 CHANGE = 1e-9  # score differences within this are float noise, not a change
 
 
-def comparison(case: Dict[str, Any], index: Dict[Tuple[str, str], BaselineCase]
+def is_regression(change: float, min_drop: float = 0.0) -> bool:
+    """A fall beyond float noise and of at least `min_drop` (--min-drop), give or take
+    that noise (0.5 - 0.45 is a fall of 0.05)."""
+    return change < -CHANGE and -change >= min_drop - CHANGE
+
+
+def comparison(case: Dict[str, Any], found: Optional[BaselineCase], min_drop: float = 0.0
                ) -> Dict[str, Any]:
     """What a case gains with --baseline: the matched baseline, the score diffs, a status."""
-    found = index.get(case_key(case))
     if found is None:
         return {"baseline": None, "diff": {}, "status": "new"}
     scores = {name: found.score_sums[name] / found.score_counts[name]
               for name in found.score_sums}
     diff = {name: case["scores"][name] - scores[name] for name in sorted(scores)
             if is_number(case["scores"].get(name))}
-    if any(change < -CHANGE for change in diff.values()):
+    if any(is_regression(change, min_drop) for change in diff.values()):
         status = "regressed"
     elif any(change > CHANGE for change in diff.values()):
         status = "improved"
@@ -1106,46 +1373,196 @@ def comparison(case: Dict[str, Any], index: Dict[Tuple[str, str], BaselineCase]
             "diff": diff, "status": status}
 
 
-def mean(values: List[float]) -> Optional[float]:
-    return sum(values) / len(values) if values else None
+# The baseline's cases by key, in a scratch database, so a baseline of any size costs no
+# memory; a key's trials are folded into one BaselineCase when a case looks it up.
+
+def index_baseline(cases: Iterable[Dict[str, Any]]) -> sqlite3.Connection:
+    database = open_scratch_database()
+    database.execute("CREATE TABLE baseline (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, "
+                     "trial BLOB NOT NULL, read INTEGER NOT NULL DEFAULT 0)")
+    database.execute("BEGIN")
+    database.executemany("INSERT INTO baseline (key, trial) VALUES (?, ?)", (
+        (stored_text(case_key(case)),
+         marshal.dumps((case["root_span_id"], case["output"], case["scores"])))
+        for case in cases))
+    database.execute("COMMIT")
+    database.execute("CREATE INDEX by_key ON baseline (key)")
+    return database
 
 
-def summarise(cases: List[Dict[str, Any]], experiment_id: str,
-              baseline: Optional[Tuple[str, int]] = None) -> Dict[str, Any]:
-    """--summary: one object describing exactly these cases. `baseline` is the baseline's
-    id and how many of its keys no case read had."""
-    names = sorted({name for case in cases for name, value in case["scores"].items()
-                    if is_number(value)})
+def baseline_match(database: sqlite3.Connection, key: Tuple[str, str]
+                   ) -> Optional[BaselineCase]:
+    trials = database.execute("SELECT trial FROM baseline WHERE key = ? ORDER BY seq",
+                              (stored_text(key),)).fetchall()
+    return baseline_case(marshal.loads(trial) for trial, in trials) if trials else None
+
+
+def unread_baseline_cases(database: sqlite3.Connection, read: Iterable[Tuple[str, str]]) -> int:
+    """How many baseline keys none of these case keys is."""
+    database.execute("BEGIN")
+    database.executemany("UPDATE baseline SET read = 1 WHERE key = ?",
+                         ((stored_text(key),) for key in read))
+    database.execute("COMMIT")
+    return database.execute(
+        "SELECT COUNT(DISTINCT key) FROM baseline WHERE read = 0").fetchone()[0]
+
+
+# Paired statistics (--summary with --baseline): a t interval of the mean difference, as
+# it needs only running sums (constant memory at any size, nothing random), and an exact
+# sign test, which assumes nothing about the shape of the differences.
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), by its continued fraction (modified Lentz), on the side where it converges."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - regularized_beta(1.0 - x, b, a)
+    tiny = 1e-300
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x)) / a
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 10_000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * fraction
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5th percentile of Student's t with `df` degrees of freedom (bisection on its
+    distribution function: P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2)."""
+    low, high = 0.0, 1.0
+    while 1.0 - regularized_beta(df / (df + high * high), df / 2, 0.5) / 2 < 0.975:
+        low, high = high, high * 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if 1.0 - regularized_beta(df / (df + middle * middle), df / 2, 0.5) / 2 < 0.975:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-15 * high:
+            break
+    return (low + high) / 2
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """The exact two-sided sign-test p-value for `wins` rises and `losses` falls (ties
+    dropped): twice the chance of a split at least this uneven, at most 1."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    term = math.comb(n, k)
+    tail = term
+    for i in range(k, 0, -1):  # C(n, i-1) = C(n, i) * i / (n - i + 1), exactly
+        term = term * i // (n - i + 1)
+        tail += term
+    return min(1.0, float(Fraction(2 * tail, 2 ** n)))
+
+
+class Pairs(NamedTuple):
+    """Running sums over the cases with one score on both sides."""
+    count: int = 0
+    current_sum: float = 0
+    baseline_sum: float = 0
+    diff_sum: float = 0
+    diff_mean: float = 0.0  # Welford's running mean and sum of squared deviations
+    diff_m2: float = 0.0
+    rises: int = 0
+    falls: int = 0
+
+    def add(self, current: float, baseline: float, change: float) -> "Pairs":
+        count = self.count + 1
+        step = change - self.diff_mean
+        diff_mean = self.diff_mean + step / count
+        return Pairs(count, self.current_sum + current, self.baseline_sum + baseline,
+                     self.diff_sum + change, diff_mean,
+                     self.diff_m2 + step * (change - diff_mean),
+                     self.rises + (change > CHANGE), self.falls + (change < -CHANGE))
+
+
+def paired_statistics(pairs: Pairs) -> Dict[str, Any]:
+    """n, both means, the mean difference, its 95% t interval and the sign test's p-value;
+    nulls under 2 pairs."""
+    if pairs.count < 2:
+        return {"n": pairs.count, "mean": None, "baseline_mean": None, "diff_mean": None,
+                "ci95": None, "p_value": None}
+    n, diff_mean = pairs.count, pairs.diff_sum / pairs.count
+    half = t_quantile_975(n - 1) * math.sqrt(max(pairs.diff_m2, 0.0) / (n - 1) / n)
+    return {"n": n, "mean": pairs.current_sum / n, "baseline_mean": pairs.baseline_sum / n,
+            "diff_mean": diff_mean, "ci95": [diff_mean - half, diff_mean + half],
+            "p_value": sign_test(pairs.rises, pairs.falls)}
+
+
+def mean(total: float, count: int) -> Optional[float]:
+    return total / count if count else None
+
+
+def summarise(cases: Iterable[Dict[str, Any]], experiment_id: str,
+              baseline: Optional[Tuple[str, Callable[[], int]]] = None,
+              min_drop: float = 0.0) -> Dict[str, Any]:
+    """--summary: one object describing exactly these cases, read once, in constant memory.
+    `baseline`: the baseline's id, and how to count its keys that no case read had."""
+    records = errors = edited = matched = durations = 0
+    duration_sum = 0.0
+    tallies: Dict[str, List[Any]] = {}  # score name -> count, sum, min, max
+    baseline_tallies: Dict[str, List[Any]] = {}  # score name -> sum, count
+    pairs: Dict[str, Pairs] = {}
+    regressions: Dict[str, int] = {}
+    costs = dict.fromkeys(("llm_calls", "prompt_tokens", "completion_tokens", "tokens"), 0)
+    for case in cases:
+        records += 1
+        errors += case["error"] is not None
+        edited += bool(case["edited"])
+        for name, value in case["scores"].items():
+            if is_number(value):
+                tally = tallies.setdefault(name, [0, 0, value, value])
+                tally[:] = [tally[0] + 1, tally[1] + value, min(tally[2], value),
+                            max(tally[3], value)]
+        duration = case["metrics"]["duration"]
+        if is_number(duration):
+            durations, duration_sum = durations + 1, duration_sum + duration
+        for name in costs:
+            costs[name] += case["metrics"][name]
+        if baseline is None:
+            continue
+        matched += case["baseline"] is not None
+        for name, value in (case["baseline"] or {"scores": {}})["scores"].items():
+            if is_number(value):
+                tally = baseline_tallies.setdefault(name, [0, 0])
+                tally[:] = [tally[0] + value, tally[1] + 1]
+        for name, change in case["diff"].items():
+            pairs[name] = pairs.get(name, Pairs()).add(
+                case["scores"][name], case["baseline"]["scores"][name], change)
+            regressions[name] = regressions.get(name, 0) + is_regression(change, min_drop)
     scores = {}
-    for name in names:
-        values = [case["scores"][name] for case in cases if is_number(case["scores"].get(name))]
-        scores[name] = {"count": len(values), "mean": mean(values), "min": min(values),
-                        "max": max(values)}
+    for name in sorted(tallies):  # the names holding a number in some record
+        count, total, low, high = tallies[name]
+        scores[name] = {"count": count, "mean": total / count, "min": low, "max": high}
         if baseline is not None:
-            matched = [case["baseline"]["scores"][name] for case in cases
-                       if case["baseline"] and is_number(case["baseline"]["scores"].get(name))]
-            diffs = [case["diff"][name] for case in cases if name in case["diff"]]
-            scores[name].update(baseline_mean=mean(matched), diff_mean=mean(diffs),
-                                improvements=sum(1 for d in diffs if d > CHANGE),
-                                regressions=sum(1 for d in diffs if d < -CHANGE))
-    durations = [case["metrics"]["duration"] for case in cases
-                 if is_number(case["metrics"]["duration"])]
+            both = pairs.get(name, Pairs())
+            scores[name].update(baseline_mean=mean(*baseline_tallies.get(name, [0, 0])),
+                                diff_mean=mean(both.diff_sum, both.count),
+                                improvements=both.rises, regressions=regressions.get(name, 0),
+                                paired=paired_statistics(both))
     summary: Dict[str, Any] = {
         "experiment_id": experiment_id,
-        "records": len(cases),
-        "errors": sum(1 for case in cases if case["error"] is not None),
-        "edited": sum(1 for case in cases if case["edited"]),
+        "records": records,
+        "errors": errors,
+        "edited": edited,
         "scores": scores,
-        "metrics": {"duration_mean": mean(durations),
-                    **{name: sum(case["metrics"][name] for case in cases)
-                       for name in ("llm_calls", "prompt_tokens", "completion_tokens",
-                                    "tokens")}},
+        "metrics": {"duration_mean": mean(duration_sum, durations), **costs},
     }
     if baseline is not None:
-        summary.update(baseline_experiment_id=baseline[0],
-                       matched=sum(1 for case in cases if case["baseline"] is not None),
-                       new=sum(1 for case in cases if case["baseline"] is None),
-                       missing=baseline[1])
+        summary.update(baseline_experiment_id=baseline[0], matched=matched,
+                       new=records - matched, missing=baseline[1]())
     return summary
 
 
@@ -1163,6 +1580,106 @@ def record_keys(args: argparse.Namespace) -> List[str]:
     return [*STANDARD_KEYS, *args.include,
             *(COMPARISON_KEYS if args.baseline is not None else ()),
             *(("edited",) if args.edited_only else ())]
+
+
+# What --schema prints: the JSON Schema (draft 2020-12) of one record, or of the summary.
+ANY_JSON = {"description": "any JSON value, as logged"}
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+SCORES = {"type": "object", "additionalProperties": NUMBER_OR_NULL,
+          "description": "score name -> value (0 to 1), or null"}
+RECORD_FIELDS: Dict[str, Dict[str, Any]] = {
+    "root_span_id": {"type": "string", "description": "the test case's trace id"},
+    "input": ANY_JSON,
+    "output": ANY_JSON,
+    "expected": ANY_JSON,
+    "metadata": {"type": "object", "description": "{} when none was logged"},
+    "scores": SCORES,
+    "origin": {"oneOf": [{"type": "null"}, {
+        "type": "object", "required": ["dataset_id", "dataset_record_id"],
+        "additionalProperties": False,
+        "properties": {"dataset_id": {"type": ["string", "null"]},
+                       "dataset_record_id": {"type": ["string", "null"]}}}],
+        "description": "the dataset row the case came from; null when none"},
+    "id": {"type": "string", "description": "the root row's id"},
+    "span_id": {"type": "string"},
+    "created": {"type": ["string", "null"], "description": "ISO 8601 date-time"},
+    "tags": {"type": "array", "items": {"type": "string"}},
+    "error": ANY_JSON,
+    "comments": {"type": "array"},
+    "metrics": {"type": "object", "additionalProperties": False,
+                "required": ["start", "end", "duration", "llm_calls", "prompt_tokens",
+                             "completion_tokens", "tokens", "errors"],
+                "properties": {"start": NUMBER_OR_NULL, "end": NUMBER_OR_NULL,
+                               "duration": NUMBER_OR_NULL,
+                               "llm_calls": {"type": "integer", "minimum": 0},
+                               "prompt_tokens": {"type": "number"},
+                               "completion_tokens": {"type": "number"},
+                               "tokens": {"type": "number"},
+                               "errors": {"type": "integer", "minimum": 0}}},
+    "baseline": {"oneOf": [{"type": "null"}, {
+        "type": "object", "additionalProperties": False,
+        "required": ["root_span_id", "output", "scores", "count"],
+        "properties": {"root_span_id": {"type": "string"}, "output": ANY_JSON,
+                       "scores": {"type": "object", "additionalProperties": {"type": "number"},
+                                  "description": "the mean over the matched trials"},
+                       "count": {"type": "integer", "minimum": 1}}}],
+        "description": "the matched baseline case; null when none matches"},
+    "diff": {"type": "object", "additionalProperties": {"type": "number"},
+             "description": "score minus the baseline's, for scores on both sides"},
+    "status": {"enum": ["new", "regressed", "improved", "unchanged"]},
+    "edited": {"const": True},
+}
+
+
+def object_schema(properties: Dict[str, Any], **more: Any) -> Dict[str, Any]:
+    return {**more, "type": "object", "required": list(properties),
+            "additionalProperties": False, "properties": properties}
+
+
+def summary_schema(args: argparse.Namespace) -> Dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    mean_or_null = NUMBER_OR_NULL
+    score = {"count": count, "mean": {"type": "number"}, "min": {"type": "number"},
+             "max": {"type": "number"}}
+    if args.baseline is not None:
+        score.update(
+            baseline_mean=mean_or_null, diff_mean=mean_or_null, improvements=count,
+            regressions=count,
+            paired=object_schema({
+                "n": count, "mean": mean_or_null, "baseline_mean": mean_or_null,
+                "diff_mean": mean_or_null,
+                "ci95": {"oneOf": [{"type": "null"}, {"type": "array", "minItems": 2,
+                                                      "maxItems": 2,
+                                                      "items": {"type": "number"}}]},
+                "p_value": {"type": ["number", "null"], "minimum": 0, "maximum": 1}},
+                description="over the cases with this score on both sides: a 95% t "
+                "interval of the mean difference and an exact sign-test p-value; nulls "
+                "under 2 pairs"))
+    summary = {
+        "experiment_id": {"type": "string"}, "records": count, "errors": count,
+        "edited": count,
+        "scores": {"type": "object", "additionalProperties": object_schema(score)},
+        "metrics": object_schema({"duration_mean": mean_or_null, "llm_calls": count,
+                                  "prompt_tokens": {"type": "number"},
+                                  "completion_tokens": {"type": "number"},
+                                  "tokens": {"type": "number"}}),
+    }
+    if args.baseline is not None:
+        summary.update(baseline_experiment_id={"type": "string"}, matched=count, new=count,
+                       missing=count)
+    return summary
+
+
+def output_schema(args: argparse.Namespace) -> Dict[str, Any]:
+    """--schema: what one record (or, with --summary, the summary) holds for these flags."""
+    if args.summary:
+        body, title = summary_schema(args), "summary"
+    else:
+        body, title = {key: RECORD_FIELDS[key] for key in record_keys(args)}, "record"
+    return object_schema(body, **{
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"{PROG} {__version__}: one {title}" + (
+            " (one line of --format jsonl)" if args.format == "jsonl" else "")})
 
 
 def truncated(value: Any, most: int) -> Any:
@@ -1253,18 +1770,122 @@ def csv_value(record: Dict[str, Any], column: str) -> Any:
     return record[column]
 
 
-def render_csv(records: List[Dict[str, Any]], keys: List[str]) -> Iterator[bytes]:
-    """RFC 4180 (the csv module's defaults: quoted when needed, CRLF), UTF-8, a header row."""
-    columns = csv_columns(keys, {name for record in records for name in record["scores"]})
+def render_csv(cases: Callable[[], Iterable[Dict[str, Any]]], keys: List[str],
+               most: Optional[int]) -> Iterator[bytes]:
+    """RFC 4180 (the csv module's defaults: quoted when needed, CRLF), UTF-8, a header row.
+    The cases are read twice: for the score columns, then for the rows."""
+    columns = csv_columns(keys, {name for case in cases() for name in case["scores"]})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    for record in records:
+    for record in (as_record(case, keys, most) for case in cases()):
         writer.writerow([csv_cell(csv_value(record, column)) for column in columns])
         yield buffer.getvalue().encode("utf-8", "backslashreplace")
         buffer.seek(0)
         buffer.truncate()
     yield buffer.getvalue().encode("utf-8", "backslashreplace")
+
+
+# The markdown report: counts, a table of scores, then the cases to look at (the regressed
+# ones with --baseline, else the errored ones), at most REPORT_ROWS of them.
+REPORT_ROWS = 20
+REPORT_PREVIEW = 80  # characters of an input shown, unless --truncate says otherwise
+ID_LENGTH = 200  # ids are never cut short, as --truncate never cuts them
+LINE_BREAKS = re.compile(r"\r\n|[\n\r\u2028\u2029\x0b\x0c\x85]")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|<>#~])")
+
+
+def markdown_cell(value: Any, most: int) -> str:
+    """Any value as the text of one table cell: cut as --truncate cuts, control characters
+    and terminal escapes dropped, line breaks as <br>, markdown's own characters escaped."""
+    text = value if isinstance(value, str) else COMPACT.encode(value)
+    text = truncated(text, most)
+    text = CONTROL_OR_ESCAPE.sub("", text)
+    text = "".join(char for char in LINE_BREAKS.sub("\n", text)
+                   if char == "\n" or unicodedata.category(char) not in ("Cc", "Cf"))
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", "<br>") or " "
+
+
+def number(value: Any, signed: bool = False) -> str:
+    if not is_number(value):
+        return "–"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def table(header: List[str], rows: Iterable[List[str]], right: int) -> List[str]:
+    """A markdown table whose columns after the first `right` are aligned right."""
+    return ["| " + " | ".join(header) + " |",
+            "| " + " | ".join("---:" if n >= right else "---" for n in range(len(header)))
+            + " |", *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+class Listing(NamedTuple):
+    """The first REPORT_ROWS cases to show, how many there were, and the statuses seen."""
+    rows: List[List[str]]
+    counts: Dict[str, int]
+
+
+def listed(cases: Iterable[Dict[str, Any]], listing: Listing, compared: bool,
+           min_drop: float, most: int) -> Iterator[Dict[str, Any]]:
+    """Pass the cases on, noting in `listing` those the report lists: regressed ones when
+    `compared`, else those with an error; each as its row of the report."""
+    for case in cases:
+        listing.counts[case.get("status", "record")] = listing.counts.get(
+            case.get("status", "record"), 0) + 1
+        shown = case["status"] == "regressed" if compared else case["error"] is not None
+        if shown:
+            listing.counts["listed"] = listing.counts.get("listed", 0) + 1
+        if shown and len(listing.rows) < REPORT_ROWS:
+            if compared:  # the report's own words: not cut
+                detail = markdown_cell("; ".join(
+                    f"{name} {number(case['baseline']['scores'][name])} → "
+                    f"{number(case['scores'][name])}"
+                    for name, change in case["diff"].items()
+                    if is_regression(change, min_drop)), 10 ** 6)
+            else:
+                detail = markdown_cell(case["error"], most)
+            listing.rows.append([markdown_cell(case["root_span_id"], ID_LENGTH),
+                                 markdown_cell(case["input"], most), detail])
+        yield case
+
+
+def render_markdown(summary: Dict[str, Any], listing: Listing) -> Iterator[bytes]:
+    compared = "baseline_experiment_id" in summary
+    lines = [f"**Experiment** `{markdown_cell(summary['experiment_id'], ID_LENGTH)}`"
+             + (f" vs **baseline** `{markdown_cell(summary['baseline_experiment_id'], ID_LENGTH)}`"
+                if compared else "")
+             + f": {plural(summary['records'], 'record')}, {plural(summary['errors'], 'error')}"
+             + (f"; {summary['matched']} matched, {summary['new']} new, {summary['missing']} "
+                f"missing; {listing.counts.get('regressed', 0)} regressed, "
+                f"{listing.counts.get('improved', 0)} improved, "
+                f"{listing.counts.get('unchanged', 0)} unchanged" if compared else ""), ""]
+    if compared:
+        rows = []
+        for name, score in summary["scores"].items():
+            both = score["paired"]
+            interval = ("–" if both["ci95"] is None else
+                        f"[{number(both['ci95'][0], True)}, {number(both['ci95'][1], True)}]")
+            rows.append([markdown_cell(name, ID_LENGTH), str(both["n"]),
+                         number(both["mean"]), number(both["baseline_mean"]),
+                         number(both["diff_mean"], True), interval,
+                         number(both["p_value"]), str(score["regressions"]),
+                         str(score["improvements"])])
+        lines += table(["score", "pairs", "mean", "baseline", "diff", "95% CI", "p (sign test)",
+                        "regressed", "improved"], rows, 1)
+        title, last = "Regressed cases", "scores: before → after"
+    else:
+        lines += table(["score", "records", "mean", "min", "max"], (
+            [markdown_cell(name, ID_LENGTH), str(score["count"]), number(score["mean"]),
+             number(score["min"]), number(score["max"])]
+            for name, score in summary["scores"].items()), 1)
+        title, last = "Cases with an error", "error"
+    listed_count = listing.counts.get("listed", 0)
+    lines += ["", f"**{title}** ({listed_count})" + (":" if listed_count else ": none"), ""]
+    if listed_count:
+        lines += table(["case", "input", last], listing.rows, 3)
+    if listed_count > len(listing.rows):
+        lines += ["", f"…and {listed_count - len(listing.rows)} more."]
+    yield ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
 
 
 def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
@@ -1332,36 +1953,38 @@ def plural(count: int, word: str) -> str:
 def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
                     args: argparse.Namespace, announce: Callable[[str], None],
                     progress: Optional[Callable[..., None]], label: str = "",
-                    count: Optional[Callable[[Dict[Any, tuple]], int]] = None,
+                    count: Optional[Callable[[Store], int]] = None,
                     stop_at: Optional[int] = None,
-                    note: Callable[[str], None] = lambda line: None) -> Dict[Any, tuple]:
-    """Every page of one experiment folded into a table of newest versions. `count` says
+                    note: Callable[[str], None] = lambda line: None) -> Store:
+    """Every page of one experiment folded into a store of newest versions. `count` says
     how many records the pages so far give: shown as progress, and with `stop_at`, no page
     is requested once it reaches that many (nor ahead of time: it may not be needed)."""
-    with_costs = args.summary or "metrics" in args.include
-    count = count or count_roots
-    latest: Dict[Any, tuple] = {}
+    with_costs = args.summary or args.format == "markdown" or "metrics" in args.include
+    store = Store(settings.spill_after, with_costs)
+    count = count or Store.count
     events = pages = found = 0
-    for page in fetch_pages(session, settings, experiment_id, args.limit, announce, label,
-                            ahead=not stop_at, note=note):
-        absorb(latest, page, with_costs)
-        pages, events = pages + 1, events + len(page)
-        if progress or stop_at:
-            found = count(latest)
-            if progress:
-                progress(f"{label}page {pages}: {len(page)} events ({events} in all), "
-                         f"{found} records so far")
-            if stop_at and found >= stop_at:
-                found = stop_at
-                break
+    try:
+        for page, size in fetch_pages(session, settings, experiment_id, args.limit, announce,
+                                      label, ahead=not stop_at, note=note):
+            store.add(page, size)
+            pages, events = pages + 1, events + len(page)
+            length = len(page)
+            del page  # before the next page is parsed: one parsed page at a time
+            if progress or stop_at:
+                found = count(store)
+                if progress:
+                    progress(f"{label}page {pages}: {plural(length, 'event')} "
+                             f"({events} in all), {plural(found, 'record')} so far")
+                if stop_at and found >= stop_at:
+                    found = stop_at
+                    break
+    except BaseException:
+        store.close()
+        raise
     if progress:
         progress(f"{label}{plural(found, 'record')} from {plural(pages, 'page')} "
                  f"({plural(events, 'event')})", done=True)
-    return latest
-
-
-def count_roots(latest: Dict[Any, tuple]) -> int:
-    return sum(1 for _, part in latest.values() if isinstance(part, RootPart))
+    return store
 
 
 def run(args: argparse.Namespace, target: Target, settings: Settings,
@@ -1387,40 +2010,99 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
                              "another one")
         if args.verbose:
             tell(f"baseline: experiment {baseline_id}")
-        index = baseline_index(cases_from(read_experiment(
-            session, settings, baseline_id, args, announce, progress, label="baseline ",
-            note=note)))
+        baseline_store = read_experiment(session, settings, baseline_id, args, announce,
+                                         progress, label="baseline ", note=note)
+        try:
+            index = index_baseline(baseline_store.cases())
+        finally:
+            baseline_store.close()
+    try:
+        write_output(args, experiment_id, index, baseline_id if index else None,
+                     lambda count, stop_at: read_experiment(
+                         session, settings, experiment_id, args, announce, progress,
+                         count=count, stop_at=stop_at, note=note))
+    finally:
+        session.close()
+        if index is not None:
+            index.close()
 
+
+class Regressed(Exception):
+    """--fail-on-regression found a regression: exit 3, once the output is written."""
+
+
+def write_output(args: argparse.Namespace, experiment_id: str,
+                 index: Optional[sqlite3.Connection], baseline_id: Optional[str],
+                 read: Callable[..., Store]) -> None:
+    """Read the experiment, then write what the flags ask for, case by case; then judge
+    the printed records for --fail-on-regression."""
     keep = case_filter(args)
+    known_scores: set = set()  # every score name met, for --fail-on-regression's names
 
-    def selected(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
-        for case in cases_from(latest):
+    def selected(store: Store) -> Iterator[Dict[str, Any]]:
+        for case in store.cases():
             if index is not None:
-                case.update(comparison(case, index))
+                case.update(comparison(case, baseline_match(index, case_key(case)),
+                                       args.min_drop))
+                known_scores.update(case["scores"], (case["baseline"] or {}).get("scores", ()))
             if keep(case):
                 yield case
 
-    latest = read_experiment(session, settings, experiment_id, args, announce, progress,
-                             count=lambda table: sum(1 for _ in selected(table)),
-                             stop_at=args.max_results, note=note)
-    session.close()
-    cases = islice(selected(latest), args.max_results)
-    if args.summary:
-        cases = list(cases)
+    store = read(lambda table: sum(1 for _ in islice(selected(table), args.max_results)),
+                 args.max_results)
+    # The collector is back for the output: json's indenting encoder leaves a reference
+    # cycle behind for every record. What is held now is frozen, so it is never rescanned.
+    gc.freeze()
+    gc.enable()
+    gated = [0, 0]  # records printed, of which regressed (on the gated scores)
+    try:
+        def cases() -> Iterator[Dict[str, Any]]:
+            for case in islice(selected(store), args.max_results):
+                if args.gate is not None:
+                    gated[0] += 1
+                    gated[1] += any(is_regression(change, args.min_drop)
+                                    for name, change in case["diff"].items()
+                                    if not args.gate or name in args.gate)
+                yield case
+
         compared = None
         if index is not None:  # "missing" counts over every case read, before filters
-            read = {case_key(case) for case in cases_from(latest)}
-            compared = (baseline_id, sum(1 for key in index if key not in read))
-        chunks = render_summary(summarise(cases, experiment_id, compared), args.format)
-    else:
-        keys = record_keys(args)
-        records = (as_record(case, keys, args.truncate) for case in cases)
-        chunks = (render_csv(list(records), keys) if args.format == "csv"
-                  else render(records, args.format))
-    if args.output:
-        write_file(args.output, chunks)
-    else:
-        write_stdout(chunks)
+            compared = (baseline_id, lambda: unread_baseline_cases(
+                index, (case_key(case) for case in store.cases())))
+        if args.format == "markdown":
+            listing = Listing([], {})
+            most = args.truncate or REPORT_PREVIEW
+            summary = summarise(listed(cases(), listing, index is not None, args.min_drop,
+                                       most), experiment_id, compared, args.min_drop)
+            chunks = render_markdown(summary, listing)
+        elif args.summary:
+            chunks = render_summary(summarise(cases(), experiment_id, compared, args.min_drop),
+                                    args.format)
+        else:
+            keys = record_keys(args)
+            if args.format == "csv":
+                chunks = render_csv(cases, keys, args.truncate)
+            else:
+                chunks = render((as_record(case, keys, args.truncate) for case in cases()),
+                                args.format)
+        if args.output:
+            write_file(args.output, chunks)
+        else:
+            write_stdout(chunks)
+    finally:
+        store.close()
+    if args.gate is None:
+        return
+    unknown = sorted(args.gate - known_scores)
+    if unknown:
+        raise UsageError(f"--fail-on-regression: no record or baseline case has the score "
+                         f"{', '.join(map(repr, unknown))} (the scores: "
+                         f"{', '.join(map(repr, sorted(known_scores))) or 'none'}), so it "
+                         "could never fail; check the name (it is exact and case-sensitive)")
+    if gated[1]:
+        on = f" on {', '.join(map(repr, sorted(args.gate)))}" if args.gate else ""
+        raise Regressed(f"{gated[1]} of {plural(gated[0], 'record')} regressed{on} against "
+                        f"baseline {baseline_id} (--fail-on-regression)")
 
 
 def stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -1439,6 +2121,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         args = parse_args(argv)
+        if args.schema:
+            write_stdout([encode(output_schema(args), INDENTED) + b"\n"])
+            return EXIT_OK
         target = parse_target(args.experiment, args.project, args.org)
         settings = read_settings(args, dict(os.environ))
         secret = settings.key
@@ -1459,6 +2144,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as error:
         tell(f"{PROG}: error: {error}")
         return EXIT_USAGE
+    except Regressed as verdict:
+        tell(f"{PROG}: {verdict}")
+        return EXIT_REGRESSED
     except ApiError as error:
         tell(f"{PROG}: error: {error}")
         return EXIT_API
@@ -1472,6 +2160,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The reader went away (| head): not an error of ours; silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except sqlite3.Error as error:  # the temporary store: its disk is full, most likely
+        tell(f"{PROG}: error: the temporary store in {tempfile.gettempdir()!r} failed "
+             f"({error}); free some space there, or point TMPDIR at a folder with more room "
+             "(the store takes about what the records would as JSON)")
+        return EXIT_API
     except OSError as error:  # writing stdout failed: disk full...
         where = f" ({error.filename})" if error.filename else ""
         tell(f"{PROG}: error: {error.strerror or error}{where}")
