@@ -1,5 +1,5 @@
 """Benchmark: the script's peak memory as experiments grow (issue 15). Not collected by
-pytest; run it by hand (100,000 traces take a few minutes and about 8 GB in the fake):
+pytest; run it by hand (100,000 traces take several minutes, most of it in the fake):
 
     python3 tests/benchmark_memory.py                        # 1,000, 10,000 and 100,000 traces
     python3 tests/benchmark_memory.py --sizes 1000 10000     # quicker
@@ -54,7 +54,9 @@ def store_bytes(launcher_pid: int) -> int:
             continue
         for fd in fds:
             try:
-                if "braintrust-fetch-" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                name = os.path.basename(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                # the store's file (not the script's own, whose folder has a like name)
+                if name.startswith("braintrust-fetch-") and ".sqlite" in name:
                     total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
             except OSError:
                 pass

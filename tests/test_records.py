@@ -417,6 +417,26 @@ def test_a_bad_num_retries_is_refused(monkeypatch, tmp_path, value):
         settings_with(monkeypatch, tmp_path, BRAINTRUST_NUM_RETRIES=value)
 
 
+def test_the_deadline_defaults_to_300_s_and_the_spill_to_48_mb(monkeypatch, tmp_path):
+    settings = settings_with(monkeypatch, tmp_path)
+    assert (settings.deadline, settings.spill_after) == (300.0, 48 * 2 ** 20)
+    settings = settings_with(monkeypatch, tmp_path, BRAINTRUST_HTTP_DEADLINE="2.5",
+                             BRAINTRUST_SPILL_MB="0.5")
+    assert (settings.deadline, settings.spill_after) == (2.5, 2 ** 19)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
+def test_a_bad_deadline_is_refused(monkeypatch, tmp_path, value):
+    with pytest.raises(script.UsageError, match="BRAINTRUST_HTTP_DEADLINE must be a number"):
+        settings_with(monkeypatch, tmp_path, BRAINTRUST_HTTP_DEADLINE=value)
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "inf", "nan"])
+def test_a_bad_spill_setting_is_refused(monkeypatch, tmp_path, value):
+    with pytest.raises(script.UsageError, match="BRAINTRUST_SPILL_MB must be a number"):
+        settings_with(monkeypatch, tmp_path, BRAINTRUST_SPILL_MB=value)
+
+
 @pytest.mark.parametrize("value", ["0", "3", "two", "-1", "1.0"])
 def test_max_in_flight_is_1_or_2(monkeypatch, tmp_path, value):
     assert settings_with(monkeypatch, tmp_path, BRAINTRUST_MAX_IN_FLIGHT="1").max_in_flight == 1

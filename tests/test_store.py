@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -16,8 +17,10 @@ from pathlib import Path
 import experiments
 import pytest
 
-from conftest import SCRIPT, assert_no_key
+from conftest import SCRIPT, assert_no_key, load_script
 from test_cli import rich_records
+
+script = load_script()
 
 ON_DISK = "0"
 HALF_WAY = "0.004"  # about 4 KB: the rich experiment's first pages, then the disk
@@ -198,8 +201,29 @@ def test_a_full_disk_under_the_store_exits_1_naming_tmpdir_and_keeps_the_output_
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
-@pytest.mark.parametrize("value", ["-1", "lots", "inf", "nan"])
-def test_a_bad_spill_setting_is_a_usage_error_before_any_request(run, api, env, catalog, value):
-    result = run(catalog.rich, env=dict(env, BRAINTRUST_SPILL_MB=value))
-    assert (result.code, result.stdout, api.requests) == (2, b"", [])
-    assert "BRAINTRUST_SPILL_MB" in result.stderr
+# -- the store alone: any order of arrival gives the same cases --------------------------
+
+def stored_cases(pages, spill_after):
+    store = script.Store(spill_after, with_costs=True)
+    try:
+        for page in pages:
+            store.add(page, 10_000)
+        return sorted(store.cases(), key=lambda case: case["root_span_id"]), store.count()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("spill_after", [0, 15_000, 10 ** 9])  # on disk, half-way, memory
+@pytest.mark.parametrize("order", ["newest first", "oldest first", "shuffled"])
+def test_the_cases_do_not_depend_on_the_order_the_rows_arrive_in(spill_after, order):
+    rows = experiments.rows_of(experiments.rich("0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"))
+    rows = sorted(rows, key=lambda row: int(row["_xact_id"]), reverse=order != "oldest first")
+    if order == "shuffled":
+        random.Random(4).shuffle(rows)
+    pages = [rows[start:start + 7] for start in range(0, len(rows), 7)]
+    got, count = stored_cases(pages, spill_after)
+    want = sorted((experiments.expected_record(
+        experiments.rich("0b6c2a4e-5d7f-4e21-9c3a-8f1e2d3c4b5a"), name)
+        for name in experiments.RICH_ORDER), key=lambda record: record["root_span_id"])
+    assert [{key: case[key] for key in want[0]} for case in got] == want
+    assert count == len(want)

@@ -6,8 +6,9 @@
 """Fetch every result of a Braintrust experiment as flat JSON records, one per test case.
 
 The data flows top to bottom: settings (key, URL, arguments) -> HTTP session -> pages ->
-events to records (pure functions) -> analysis: filters, baseline, summary (pure) ->
-output -> main. Stdout carries only the data; every message goes to stderr. Exit codes:
+events to records (pure functions) -> the store of newest versions (a dict, then a
+temporary SQLite file: memory stays flat at any size) -> analysis: filters, baseline,
+summary, statistics -> records -> output -> main. Stdout carries only the data; every message goes to stderr. Exit codes:
 0 done, 1 the API or the network failed, 2 bad arguments or settings, 3 a regression
 (--fail-on-regression), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
@@ -1202,10 +1203,11 @@ UPSERT = """INSERT INTO rows (key, version, kind, trace, payload) VALUES (?, ?, 
     ON CONFLICT (key) DO UPDATE SET version = excluded.version, kind = excluded.kind,
     trace = excluded.trace, payload = excluded.payload WHERE excluded.version > rows.version"""
 # Each live root, then every live part of its trace (itself included), both in arrival
-# order: the index on trace keeps each trace's rows in seq order, so nothing is sorted.
-ROOTS_WITH_TRACES = """SELECT r.seq, r.payload, s.kind, s.payload FROM rows AS r
-    LEFT JOIN rows AS s ON s.trace = r.trace AND s.kind != 0
-    WHERE r.kind = 1 ORDER BY r.seq, s.seq"""
+# order: the indexes on kind and on trace hold their rows in seq order, so nothing is sorted
+# (which would take a temporary b-tree as large as the table).
+ROOTS_WITH_TRACES = f"""SELECT r.seq, r.payload, s.kind, s.payload FROM rows AS r
+    LEFT JOIN rows AS s ON s.trace = r.trace AND s.kind != {DELETED}
+    WHERE r.kind = {ROOT} ORDER BY r.seq, s.seq"""
 
 
 def stored_rows(versioned: Iterable[Tuple[Any, int, Part]]) -> Iterator[tuple]:
@@ -1276,7 +1278,8 @@ class Store:
     def count(self) -> int:
         if self.database is None:
             return count_roots(self.latest)
-        return self.database.execute("SELECT COUNT(*) FROM rows WHERE kind = 1").fetchone()[0]
+        return self.database.execute(f"SELECT COUNT(*) FROM rows WHERE kind = {ROOT}"
+                                     ).fetchone()[0]
 
     def close(self) -> None:
         if self.database is not None:
@@ -1403,8 +1406,9 @@ def unread_baseline_cases(database: sqlite3.Connection, read: Iterable[Tuple[str
     database.executemany("UPDATE baseline SET read = 1 WHERE key = ?",
                          ((stored_text(key),) for key in read))
     database.execute("COMMIT")
-    return database.execute(
-        "SELECT COUNT(DISTINCT key) FROM baseline WHERE read = 0").fetchone()[0]
+    # Grouped along the index on key: COUNT(DISTINCT) would sort in a temporary b-tree.
+    return database.execute("SELECT COUNT(*) FROM (SELECT key FROM baseline GROUP BY key "
+                            "HAVING MAX(read) = 0)").fetchone()[0]
 
 
 # Paired statistics (--summary with --baseline): a t interval of the mean difference, as
@@ -1706,7 +1710,7 @@ def as_record(case: Dict[str, Any], keys: List[str], most: Optional[int]) -> Dic
 
 
 # ---------------------------------------------------------------------------------------
-# Output: JSON array, JSON lines or CSV, written only once every page has arrived
+# Output: JSON array, JSON lines, CSV or markdown, written once every page has arrived
 # ---------------------------------------------------------------------------------------
 
 # Built once: json.dumps with options would build a new encoder for every record.
