@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from urllib.parse import quote
 
 import pytest
@@ -135,7 +136,7 @@ def test_verbose_progress_says_which_experiment_a_page_belongs_to(run, catalog):
     lines = run(catalog.current, "--baseline", catalog.baseline, "--verbose").stderr.splitlines()
     assert lines[0] == f"baseline: experiment {catalog.baseline}"
     assert lines[1].startswith("baseline page 1: ")
-    assert lines[3] == "baseline 11 records from 2 pages (51 events)"
+    assert re.fullmatch(r"baseline 11 records from 2 pages in \d+\.\d s", lines[3])
     assert lines[4].startswith("page 1: ")
     assert lines[-1].startswith("11 records from 2 pages")
 

@@ -139,6 +139,8 @@ def test_a_signal_with_two_requests_in_flight_ends_the_run_at_once(api, env, cat
     stdout, stderr = process.communicate(timeout=20)  # far less than the hanging requests
     assert_no_key(stdout, stderr)
     assert (process.returncode, stdout) == (code, b"")
-    assert stderr.decode().splitlines() == [f"fetch_experiment_results.py: {word}"]
+    assert stderr.decode().splitlines() == [
+        f"fetch_experiment_results.py: {word} before the first page came; {str(target)!r} is "
+        "unchanged"]
     assert target.read_bytes() == b"previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

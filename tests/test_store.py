@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -162,7 +163,10 @@ def test_the_store_lives_in_tmpdir_and_is_gone_after_a_signal(api, env, catalog,
     stdout, stderr = process.communicate(timeout=20)
     assert_no_key(stdout, stderr)
     assert (process.returncode, stdout) == (code, b"")
-    assert stderr.decode().splitlines() == [f"fetch_experiment_results.py: {word}"]
+    [line] = stderr.decode().splitlines()
+    assert re.fullmatch(rf"fetch_experiment_results.py: {word} after 1 page of the experiment "
+                        rf"\(\d+ records? so far\); {re.escape(repr(str(target)))} is unchanged",
+                        line), line
     assert list((tmp_path / "scratch").iterdir()) == []
     assert target.read_bytes() == b"previous results\n"
 

@@ -44,12 +44,23 @@ from itertools import islice
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
                     Tuple, Union)
 
-import requests
-from dotenv import dotenv_values, find_dotenv
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import (HTTPError, MaxRetryError, NameResolutionError, ProtocolError,
-                                SSLError)
-from urllib3.util.retry import Retry
+try:
+    import requests
+    from dotenv import dotenv_values, find_dotenv
+    from requests.adapters import HTTPAdapter
+    from urllib3.exceptions import (HTTPError, MaxRetryError, NameResolutionError,
+                                    ProtocolError, SSLError)
+    from urllib3.util.retry import Retry
+except ModuleNotFoundError as missing:  # a Python without the two dependencies: no traceback
+    if missing.name not in ("requests", "dotenv", "urllib3"):
+        raise
+    package = "python-dotenv" if missing.name == "dotenv" else missing.name
+    sys.stderr.write(
+        f"fetch_experiment_results.py: error: this Python ({sys.executable}) has no "
+        f"{package!r}; run the script with uv (uv run fetch_experiment_results.py ..., which "
+        "installs what its header names), or in a virtual environment: python3 -m venv .venv "
+        "&& . .venv/bin/activate && python3 -m pip install requests python-dotenv\n")
+    sys.exit(2)
 
 __version__ = "1.2.0"
 PROG = "fetch_experiment_results.py"
@@ -279,6 +290,7 @@ class Settings(NamedTuple):
     max_in_flight: int
     deadline: float = DEFAULT_DEADLINE
     spill_after: int = DEFAULT_SPILL_MB << 20  # bytes of pages
+    key_source: str = "the environment"  # or the .env file the key was read from
 
 
 def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings:
@@ -292,10 +304,16 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
         return (environ.get(name) or from_file.get(name) or "").strip()
 
     key = setting("BRAINTRUST_API_KEY")
+    if not key and "BRAINTRUST_API_KEY" in from_file:
+        raise UsageError(
+            f"BRAINTRUST_API_KEY is empty in {dotenv_path}: put the key after the = (keys: "
+            "Braintrust > Settings > API keys), or export it")
     if not key:
         raise UsageError(
             "BRAINTRUST_API_KEY is not set: export it, or put BRAINTRUST_API_KEY=... in a .env "
             "file in this folder or a parent (keys: Braintrust > Settings > API keys)")
+    key_source = ("the environment" if (environ.get("BRAINTRUST_API_KEY") or "").strip()
+                  else dotenv_path)
     if not all(33 <= ord(char) <= 126 for char in key):
         raise UsageError("BRAINTRUST_API_KEY holds spaces or characters that cannot go in an "
                          "HTTP header: copy the key again")
@@ -332,7 +350,7 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if args.output:
         check_writable(args.output)
     return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight), deadline,
-                    int(spill_after))
+                    int(spill_after), key_source)
 
 
 def is_regular_or_missing(path: str) -> bool:
@@ -379,6 +397,9 @@ def checked_api_url(url: str) -> str:
     if parts.username or parts.password or parts.query or parts.fragment:
         raise UsageError(f"the API URL {url!r} must be a plain base URL, with no credentials, "
                          f"query or fragment: use e.g. {DEFAULT_API_URL}")
+    if parts.path.rstrip("/").lower().endswith("/v1"):
+        raise UsageError(f"the API URL {url!r} ends in /v1: give the base URL without it "
+                         f"(e.g. {DEFAULT_API_URL}); the script adds /v1/... itself")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise UsageError(f"refusing to send the API key over plain http to {parts.hostname}: "
                          f"use an https:// URL (plain http is allowed only to localhost)")
@@ -409,12 +430,26 @@ def is_link(text: str) -> bool:
 
 
 def parse_link(text: str) -> Target:
+    """A web-app link: its names, or the id when its last part is one (some links hold it)."""
     match = APP_LINK_PATH.fullmatch(urllib.parse.urlsplit(text.strip()).path)
     names = [urllib.parse.unquote(part) for part in match.groups()] if match else []
     if not names or not all(name.strip() for name in names):
         raise UsageError(f"{text.strip()!r} is not an experiment link: expected "
                          "https://<app host>/app/ORG/p/PROJECT/experiments/EXPERIMENT")
-    return Target(None, *names)
+    experiment_id = canonical_id(names[2])
+    return Target(experiment_id) if experiment_id else Target(None, *names)
+
+
+def what_is_wrong(text: str) -> Optional[str]:
+    """For an EXPERIMENT that is no id, link or name with --project: what it nearly is."""
+    if APP_LINK_PATH.search(text) or re.match(r"(www\.)?braintrust\.dev/", text, re.I):
+        return (f"{text!r} looks like an experiment link without its https://: paste the "
+                "whole link from the address bar, or add https:// in front")
+    digits = re.sub(r"[-{}]|^urn:uuid:", "", text, flags=re.I)
+    if len(digits) >= 24 and re.fullmatch(r"[0-9a-f]+", digits, re.I):
+        return (f"{text!r} looks like an experiment id, but has {len(digits)} hex digits where "
+                "an id has 32 (8-4-4-4-12): copy it again from the experiment's page")
+    return None
 
 
 def parse_target(text: str, project: Optional[str], org: Optional[str]) -> Target:
@@ -431,8 +466,9 @@ def parse_target(text: str, project: Optional[str], org: Optional[str]) -> Targe
     if not text:
         raise UsageError("EXPERIMENT is empty: pass an experiment id, link, or name with --project")
     if not project or not project.strip():
-        raise UsageError(f"{text!r} is not an experiment id (a UUID): to fetch by name, add "
-                         "--project NAME (and --org NAME if needed), or paste the experiment's link")
+        raise UsageError(what_is_wrong(text) or (
+            f"{text!r} is not an experiment id (a UUID): to fetch by name, add --project "
+            "NAME (and --org NAME if needed), or paste the experiment's link"))
     return Target(None, org.strip() if org else None, project.strip(), text)
 
 
@@ -465,7 +501,8 @@ def parse_baseline(text: str, main: Target) -> Union[Target, str]:
 class AnnouncedRetry(Retry):
     """urllib3's Retry plus what it cannot do: say each retry on stderr, honour Retry-After
     (capped at 60 s) on every retried status, not only 413/429/503, and give up at once on
-    what no retry can heal: a host name that does not resolve, a certificate not trusted."""
+    what no retry can heal: a host name that does not resolve, a certificate not trusted, a
+    port where nothing listens (the connection refused)."""
 
     def __init__(self, *args: Any, announce: Callable[[str], None] = lambda line: None,
                  what: str = "request", clock: Optional[List[float]] = None, **kwargs: Any):
@@ -481,7 +518,8 @@ class AnnouncedRetry(Retry):
 
     def increment(self, method: Optional[str] = None, url: Optional[str] = None,
                   *args: Any, error: Optional[Exception] = None, **kwargs: Any) -> "AnnouncedRetry":
-        if isinstance(error, (NameResolutionError, SSLError)):
+        if isinstance(error, (NameResolutionError, SSLError)) or any(
+                isinstance(inner, ConnectionRefusedError) for inner in error_chain(error)):
             raise MaxRetryError(kwargs.get("_pool"), url or "", error)
         return super().increment(method, url, *args, error=error, **kwargs)
 
@@ -594,6 +632,10 @@ def unreachable(error: requests.exceptions.RequestException, what: str, url: str
         return ApiError(f"{what}: the host name {urllib.parse.urlsplit(url).hostname!r} does "
                         "not resolve; check the API URL (--api-url or BRAINTRUST_API_URL) "
                         "and the network")
+    if any(isinstance(inner, ConnectionRefusedError) for inner in error_chain(error)):
+        return ApiError(f"{what}: could not reach {host}: the connection was refused, so "
+                        "nothing listens there; check the API URL (--api-url or "
+                        "BRAINTRUST_API_URL, e.g. " + DEFAULT_API_URL + ")")
     if isinstance(error, requests.exceptions.ConnectionError):
         return ApiError(f"{what}: could not reach {host} ({describe_error(error)}); check the "
                         "network and the API URL")
@@ -696,11 +738,24 @@ CONTROL_OR_ESCAPE = re.compile(
 )
 
 
+REAL_KEY_LENGTH = 16  # Braintrust keys are far longer; a shorter one is a test or a typo
+
+
+def redacted(text: str, key: str) -> str:
+    """`text` with the key replaced: everywhere when it is as long as a real key (it must
+    never show), else only where it stands as a whole token, so a key like "x" does not
+    turn the program's name into fetch_e[redacted]periment_results.py."""
+    if not key:
+        return text
+    if len(key) >= REAL_KEY_LENGTH:
+        return text.replace(key, "[redacted]")
+    return re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", "[redacted]", text)
+
+
 def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> str:
     """Someone else's text made safe for a terminal: no escapes, no control characters,
     one line, trimmed; the key, should a server echo it, replaced."""
-    if secret:
-        text = text.replace(secret, "[redacted]")
+    text = redacted(text, secret)
     text = CONTROL_OR_ESCAPE.sub("", text[: limit * 4])  # a body may be megabytes of HTML
     text = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
                    for char in text)
@@ -728,9 +783,15 @@ def check_status(answer: Answer, what: str, settings: Settings, not_found: str) 
         return
     words = f"{answer.status} {answer.reason}".strip()
     message = server_message(answer, settings.key)
-    if answer.status in (401, 403):
+    if answer.status == 401:
         raise ApiError(f"{what}: the API refused the key ({words}: {message}); check that "
-                       "BRAINTRUST_API_KEY is a valid key of an organisation that can read it")
+                       f"BRAINTRUST_API_KEY (read from {settings.key_source}) is a valid key "
+                       "of an organisation that can read it")
+    if answer.status == 403:
+        raise ApiError(f"{what}: the key is valid but may not read this ({words}: {message})"
+                       f"; the key (from {settings.key_source}) needs access to the "
+                       "experiment's project: use a key of its organisation, or ask an admin "
+                       "for read permission")
     if answer.status == 404 and json_or_none(answer.body) is None:
         # The API words its 404s in JSON; a bare one is more likely a path unknown there.
         raise ApiError(f"{what}: {not_found} ({words}: {message}); if that is right, check "
@@ -1956,43 +2017,50 @@ def plural(count: int, word: str) -> str:
 
 def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
                     args: argparse.Namespace, announce: Callable[[str], None],
-                    progress: Optional[Callable[..., None]], label: str = "",
-                    count: Optional[Callable[[Store], int]] = None,
+                    progress: Optional[Callable[..., None]], so_far: Dict[str, Any],
+                    label: str = "", count: Optional[Callable[[Store], int]] = None,
                     stop_at: Optional[int] = None,
                     note: Callable[[str], None] = lambda line: None) -> Store:
     """Every page of one experiment folded into a store of newest versions. `count` says
     how many records the pages so far give: shown as progress, and with `stop_at`, no page
-    is requested once it reaches that many (nor ahead of time: it may not be needed)."""
+    is requested once it reaches that many (nor ahead of time: it may not be needed).
+    `so_far` keeps how far it got, for the line an interrupted run ends with."""
     with_costs = args.summary or args.format == "markdown" or "metrics" in args.include
     store = Store(settings.spill_after, with_costs)
     count = count or Store.count
-    events = pages = found = 0
+    pages = found = 0
+    so_far.update(label=label, pages=0, records=0)
     try:
         for page, size in fetch_pages(session, settings, experiment_id, args.limit, announce,
                                       label, ahead=not stop_at, note=note):
             store.add(page, size)
-            pages, events = pages + 1, events + len(page)
-            length = len(page)
+            pages += 1
             del page  # before the next page is parsed: one parsed page at a time
+            so_far["pages"] = pages
             if progress or stop_at:
-                found = count(store)
+                found = so_far["records"] = count(store)
                 if progress:
-                    progress(f"{label}page {pages}: {plural(length, 'event')} "
-                             f"({events} in all), {plural(found, 'record')} so far")
+                    progress(f"{label}page {pages}: {plural(found, 'record')} so far, "
+                             f"{time.monotonic() - so_far['started']:.1f} s")
                 if stop_at and found >= stop_at:
                     found = stop_at
                     break
+    except (KeyboardInterrupt, Terminated):
+        so_far["records"] = store.count()
+        store.close()
+        raise
     except BaseException:
         store.close()
         raise
     if progress:
-        progress(f"{label}{plural(found, 'record')} from {plural(pages, 'page')} "
-                 f"({plural(events, 'event')})", done=True)
+        progress(f"{label}{plural(found, 'record')} from {plural(pages, 'page')} in "
+                 f"{time.monotonic() - so_far['started']:.1f} s", done=True)
     return store
 
 
 def run(args: argparse.Namespace, target: Target, settings: Settings,
-        tell: Callable[[str], None], progress: Optional[Callable[[str], None]]) -> None:
+        tell: Callable[[str], None], progress: Optional[Callable[[str], None]],
+        so_far: Dict[str, Any]) -> None:
     # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
     # growing record table on every page it parses: reference counting frees everything.
     gc.disable()
@@ -2015,7 +2083,7 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
         if args.verbose:
             tell(f"baseline: experiment {baseline_id}")
         baseline_store = read_experiment(session, settings, baseline_id, args, announce,
-                                         progress, label="baseline ", note=note)
+                                         progress, so_far, label="baseline ", note=note)
         try:
             index = index_baseline(baseline_store.cases())
         finally:
@@ -2023,8 +2091,8 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
     try:
         write_output(args, experiment_id, index, baseline_id if index else None,
                      lambda count, stop_at: read_experiment(
-                         session, settings, experiment_id, args, announce, progress,
-                         count=count, stop_at=stop_at, note=note))
+                         session, settings, experiment_id, args, announce, progress, so_far,
+                         count=count, stop_at=stop_at, note=note), so_far)
     finally:
         session.close()
         if index is not None:
@@ -2037,7 +2105,7 @@ class Regressed(Exception):
 
 def write_output(args: argparse.Namespace, experiment_id: str,
                  index: Optional[sqlite3.Connection], baseline_id: Optional[str],
-                 read: Callable[..., Store]) -> None:
+                 read: Callable[..., Store], so_far: Dict[str, Any]) -> None:
     """Read the experiment, then write what the flags ask for, case by case; then judge
     the printed records for --fail-on-regression."""
     keep = case_filter(args)
@@ -2089,6 +2157,7 @@ def write_output(args: argparse.Namespace, experiment_id: str,
             else:
                 chunks = render((as_record(case, keys, args.truncate) for case in cases()),
                                 args.format)
+        so_far["writing"] = True
         if args.output:
             write_file(args.output, chunks)
         else:
@@ -2113,18 +2182,51 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def how_far(so_far: Dict[str, Any], output: Optional[str], existed: bool) -> str:
+    """What an interrupted run had done, and what it left of the output."""
+    if so_far.get("writing"):
+        done = "while writing the output"
+    elif so_far.get("pages"):
+        done = (f"after {plural(so_far['pages'], 'page')} of the {so_far['label'] or ''}"
+                f"experiment ({plural(so_far['records'], 'record')} so far)")
+    else:
+        done = "before the first page came"
+    if output is None:
+        left = ("what reached stdout is incomplete" if so_far.get("writing")
+                else "nothing was printed")
+    elif not is_regular_or_missing(output):
+        left = f"{output!r} got {'part of the output' if so_far.get('writing') else 'nothing'}"
+    else:
+        left = f"{output!r} is unchanged" if existed else f"no {output!r} was written"
+    return f"{done}; {left}"
+
+
+def fitted(line: str) -> str:
+    """A progress line cut to the terminal's width, so a redraw never wraps."""
+    try:
+        columns = int(os.environ.get("COLUMNS") or 0) or os.get_terminal_size(2).columns
+    except (OSError, ValueError):
+        columns = 0
+    columns = columns or 80
+    return line if len(line) < columns else line[: max(columns - 2, 1)] + "…"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     stderr_is_tty = sys.stderr.isatty()
     secret = ""
 
     def tell(message: str) -> None:
-        line = message.replace(secret, "[redacted]") if secret else message
+        line = redacted(message, secret)
         sys.stderr.write(("\r\x1b[K" if stderr_is_tty else "") + line + "\n")
         sys.stderr.flush()
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    so_far: Dict[str, Any] = {"started": time.monotonic()}
+    output, existed = None, False
     try:
         args = parse_args(argv)
+        output = args.output
+        existed = bool(output) and os.path.lexists(output)
         if args.schema:
             write_stdout([encode(output_schema(args), INDENTED) + b"\n"])
             return EXIT_OK
@@ -2134,7 +2236,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         def overwrite(line: str, done: bool = False) -> None:
             # The last line is ended, so output on the same terminal starts on a line of its own.
-            sys.stderr.write("\r\x1b[K" + line + ("\n" if done else ""))
+            sys.stderr.write("\r\x1b[K" + fitted(line) + ("\n" if done else ""))
             sys.stderr.flush()
 
         # A line per page with --verbose; on a terminal, one line that keeps updating.
@@ -2143,7 +2245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             progress = lambda line, done=False: tell(line)  # noqa: E731
         elif stderr_is_tty and not args.quiet:
             progress = overwrite
-        run(args, target, settings, tell, progress)
+        run(args, target, settings, tell, progress, so_far)
         return EXIT_OK
     except UsageError as error:
         tell(f"{PROG}: error: {error}")
@@ -2155,10 +2257,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         tell(f"{PROG}: error: {error}")
         return EXIT_API
     except KeyboardInterrupt:
-        tell(f"{PROG}: interrupted")
+        tell(f"{PROG}: interrupted {how_far(so_far, output, existed)}")
         return EXIT_INTERRUPTED
     except Terminated:
-        tell(f"{PROG}: terminated")
+        tell(f"{PROG}: terminated {how_far(so_far, output, existed)}")
         return EXIT_TERMINATED
     except BrokenPipeError:
         # The reader went away (| head): not an error of ours; silence the final flush.
