@@ -35,7 +35,7 @@ class Experiment:
     name: str = "experiment"
     project: str = "project"
     org: str = "org"
-    project_id: str = "5b9e1c52-8f0a-4f0e-9a43-1d2f7a6b3c11"
+    project_id: Optional[str] = None  # by default, one id per organisation and project name
     created: str = "2026-11-20T10:00:00.000Z"
     # Where the next cursor travels: "body", "header" (x-bt-cursor only: on the 303 itself
     # when redirected), "both", or behind a redirect only on the object store's answer:
@@ -53,6 +53,9 @@ class Experiment:
 
     def __post_init__(self):
         self.rows = sorted(self.rows, key=lambda row: int(row["_xact_id"]), reverse=True)
+        self.project_id = self.project_id or str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"project/{self.org}/{self.project}"))
+        self.org_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"org/{self.org}"))
 
 
 @dataclass
@@ -200,6 +203,8 @@ class FakeBraintrust:
         parts = request.path.strip("/").split("/")
         if request.method == "GET" and parts == ["v1", "experiment"]:
             self._list_experiments(handler, request)
+        elif request.method == "GET" and parts in (["v1", "project"], ["v1", "organization"]):
+            self._list_projects_or_organisations(handler, request, parts[1])
         elif request.method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "experiment"]:
             self._get_experiment(handler, parts[2])
         elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "experiment"] \
@@ -236,6 +241,23 @@ class FakeBraintrust:
                 continue
             objects.append(self.experiment_object(experiment_id))
         handler.reply(200, json.dumps({"objects": objects}).encode(), "application/json")
+
+    def _list_projects_or_organisations(self, handler: "Handler", request: Request,
+                                        kind: str) -> None:
+        """`Project` objects (filtered by project_name) or `Organization` objects, as the
+        spec lists them: one for each project and organisation the experiments are in."""
+        query = {key: values[0] for key, values in request.query.items()}
+        objects: Dict[str, Dict[str, Any]] = {}
+        for experiment in self.experiments.values():
+            if kind == "organization":
+                objects[experiment.org_id] = {"id": experiment.org_id, "name": experiment.org}
+            elif query.get("project_name", experiment.project) == experiment.project:
+                objects[experiment.project_id] = {
+                    "id": experiment.project_id, "org_id": experiment.org_id,
+                    "name": experiment.project, "created": experiment.created,
+                    "deleted_at": None, "user_id": None}
+        handler.reply(200, json.dumps({"objects": list(objects.values())}).encode(),
+                      "application/json")
 
     def _fetch(self, handler: "Handler", request: Request, experiment_id: str,
                fault: Dict[str, Any], number: int) -> None:

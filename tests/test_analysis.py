@@ -11,6 +11,8 @@ import pytest
 
 import experiments
 from experiments import ANALYSIS_ORDER, ANALYSIS_TRUTH
+from fake_api import Experiment
+from traces import Ids, eval_trace
 
 STANDARD = ["root_span_id", "input", "output", "expected", "metadata", "scores", "origin"]
 
@@ -238,19 +240,25 @@ def test_csv_of_records_all_filtered_away_is_the_header_alone(run, catalog):
 
 # -- --summary ------------------------------------------------------------------------------
 
+def to_12_digits(value):
+    """Means are given to 12 significant digits (SKILL.md)."""
+    return float(f"{value:.12g}")
+
+
 def summary_of(names, experiment_id):
     """The summary of these cases, computed here from the truth."""
     truths = [ANALYSIS_TRUTH[name] for name in names]
     scores = {}
     for score in sorted({s for t in truths for s, v in t["scores"].items() if v is not None}):
         values = [t["scores"][score] for t in truths if t["scores"].get(score) is not None]
-        scores[score] = {"count": len(values), "mean": sum(values) / len(values),
+        scores[score] = {"count": len(values), "mean": to_12_digits(sum(values) / len(values)),
                          "min": min(values), "max": max(values)}
     durations = [t["metrics"]["duration"] for t in truths if t["metrics"]["duration"] is not None]
     return {"experiment_id": experiment_id, "records": len(names),
             "errors": sum(t["error"] is not None for t in truths),
             "edited": sum(t["edited"] for t in truths), "scores": scores,
-            "metrics": {"duration_mean": sum(durations) / len(durations) if durations else None,
+            "metrics": {"duration_mean": (to_12_digits(sum(durations) / len(durations))
+                                          if durations else None),
                         **{key: sum(t["metrics"][key] for t in truths)
                            for key in ("llm_calls", "prompt_tokens", "completion_tokens",
                                        "tokens")}}}
@@ -288,3 +296,55 @@ def test_summary_with_csv_is_a_usage_error(run, api, catalog):
     result = run(catalog.analysis, "--summary", "--format", "csv")
     assert (result.code, api.requests) == (2, [])
     assert "--summary" in result.stderr
+
+
+def test_summary_means_carry_no_float_noise_from_adding_up(run, api, tmp_path):
+    # 0.1 + 0.2 + 0.56 + 0.3 is 1.1600000000000001 in floats: the plain mean is
+    # 0.29000000000000004; to 12 significant digits it is 0.29.
+    ids = Ids(seed=3)
+    rows = [row for value in (0.1, 0.2, 0.56, 0.3)
+            for row in eval_trace(ids, "c1c0ffee-5d7f-4e21-9c3a-8f1e2d3c4b5a", input=str(value),
+                                  output="o", expected="e", scores={"Accuracy": value})]
+    api.add(Experiment(rows), "c1c0ffee-5d7f-4e21-9c3a-8f1e2d3c4b5a")
+    assert sum([0.1, 0.2, 0.56, 0.3]) / 4 != 0.29
+    summary = run("c1c0ffee-5d7f-4e21-9c3a-8f1e2d3c4b5a", "--summary").json()
+    assert summary["scores"]["Accuracy"]["mean"] == 0.29
+
+
+# -- filters that can match nothing say so (issue 17) -------------------------------------
+
+def test_a_score_name_no_record_has_is_said_with_the_names_closest_first(run, catalog):
+    result = run(catalog.analysis, "--score", "exact match<1")
+    assert (result.code, result.json()) == (0, [])
+    assert result.stderr.splitlines() == [
+        "fetch_experiment_results.py: note: no record has a score named 'exact match', so "
+        "--score matched nothing; the scores (closest first): 'Exact Match', 'Accuracy'"]
+
+
+def test_a_comma_separated_tag_is_said_to_be_two_tags(run, catalog):
+    result = run(catalog.analysis, "--tag", "smoke,slow")
+    assert (result.code, result.json()) == (0, [])
+    assert result.stderr.splitlines() == [
+        "fetch_experiment_results.py: note: no record has the tag 'smoke,slow'; --tag takes "
+        "one tag and is repeatable (not comma-separated): --tag 'smoke' --tag 'slow'"]
+    both = [name for name in ANALYSIS_ORDER
+            if {"smoke", "slow"} <= set(ANALYSIS_TRUTH[name]["tags"])]
+    assert len(run(catalog.analysis, "--tag", "smoke", "--tag", "slow").json()) == len(both)
+
+
+def test_a_tag_no_record_has_is_said_with_the_tags_closest_first(run, catalog):
+    result = run(catalog.analysis, "--tag", "smok")
+    assert result.stderr.splitlines() == [
+        "fetch_experiment_results.py: note: no record has the tag 'smok', so --tag matched "
+        "nothing; the tags (closest first): 'smoke', 'slow'"]
+
+
+def test_a_filter_that_names_known_scores_and_tags_says_nothing(run, catalog):
+    assert run(catalog.analysis, "--score", "Accuracy<0", "--tag", "smoke").stderr == ""
+
+
+@pytest.mark.parametrize("expr", ["Accuracy=<0.5", "Accuracy=>0.5"])
+def test_eq_before_lt_or_gt_is_refused_with_the_right_spelling(run, api, catalog, expr):
+    result = run(catalog.analysis, "--score", expr)
+    assert (result.code, api.requests) == (2, [])
+    assert "write <= or >= (the = comes second)" in result.stderr

@@ -173,7 +173,8 @@ def test_summary_with_a_baseline_counts_matches_and_compares_each_score(run, cat
         diffs = [t["diff"][score] for t in truths.values() if score in t["diff"]]
         assert {key: summary["scores"][score][key] for key in (
             "baseline_mean", "diff_mean", "improvements", "regressions")} == {
-            "baseline_mean": sum(base) / len(base), "diff_mean": sum(diffs) / len(diffs),
+            "baseline_mean": pytest.approx(sum(base) / len(base), abs=1e-12),
+            "diff_mean": pytest.approx(sum(diffs) / len(diffs), abs=1e-12),
             "improvements": sum(d > 1e-9 for d in diffs),
             "regressions": sum(d < -1e-9 for d in diffs)}
 

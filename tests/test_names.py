@@ -106,12 +106,25 @@ def test_no_match_exits_1_saying_what_was_looked_for(run, api, catalog):
         and "'acme'" in result.stderr
 
 
-def test_several_matches_exit_1_listing_the_candidates_and_how_to_choose(run, api, catalog):
+def test_several_matches_exit_1_listing_the_candidates_with_their_organisations(run, api,
+                                                                              catalog):
     result = run("baseline run", "--project", "support bot")
-    assert (result.code, result.stdout, len(api.requests)) == (1, b"", 1)
-    assert catalog.rich in result.stderr and catalog.same_names_other_org in result.stderr
-    assert "--org" in result.stderr
-    assert len(result.stderr.splitlines()) == 1
+    assert (result.code, result.stdout) == (1, b"")
+    assert [r.path for r in api.requests] == ["/v1/experiment", "/v1/project",
+                                              "/v1/organization"]
+    [line] = result.stderr.splitlines()
+    assert f"id {catalog.rich} (organisation 'acme', created " in line
+    assert f"id {catalog.same_names_other_org} (organisation 'other org', created " in line
+    assert "Add --org with one of 'acme', 'other org' to choose" in line
+
+
+def test_several_matches_still_list_their_projects_when_organisations_are_unreadable(
+        run, api, catalog):
+    api.faults[3] = {"status": 403, "body": "no"}  # the organisation list
+    result = run("baseline run", "--project", "support bot")
+    [line] = result.stderr.splitlines()
+    assert result.code == 1 and catalog.rich in line and "(project " in line
+    assert "Add --org NAME to choose" in line
 
 
 def test_a_refused_key_during_the_lookup_exits_1(run, api, env, catalog):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import gc
 import gzip
 import io
@@ -160,6 +161,9 @@ SCORE_TEST = re.compile(r"\s*(?P<name>.*?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<numbe
 
 
 def score_test(text: str) -> ScoreTest:
+    if re.search(r"=<|=>", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write <= or >= (the = comes second), e.g. \"Accuracy<=0.5\"")
     match = SCORE_TEST.fullmatch(text)
     number = math.nan
     if match:
@@ -850,14 +854,45 @@ def resolve_experiment(session: requests.Session, settings: Settings, target: Ta
         raise ApiError(f"no {where} was found with this key; check the names (they are exact "
                        "and case-sensitive) or pass the experiment id")
     if len(found) > 1:
-        listed = "; ".join(f"id {item.get('id')} (project {item.get('project_id')}, created "
-                           f"{item.get('created')})" for item in found)
-        raise ApiError(f"{len(found)} experiments match {where}: {listed}. Add --org NAME to "
+        orgs = organisations_of_projects(session, settings, target.project, announce)
+        listed = "; ".join(
+            f"id {item.get('id')} (" + (f"organisation {orgs[item.get('project_id')]!r}"
+                                        if item.get("project_id") in orgs else
+                                        f"project {item.get('project_id')}")
+            + f", created {item.get('created')})" for item in found)
+        names = sorted({orgs[item.get("project_id")] for item in found
+                        if item.get("project_id") in orgs})
+        choose = (f"Add --org with one of {', '.join(map(repr, names))}" if names
+                  else "Add --org NAME")
+        raise ApiError(f"{len(found)} experiments match {where}: {listed}. {choose} to "
                        "choose, or pass the experiment id")
     found_id = canonical_id(str(found[0].get("id")))
     if found_id is None:
         raise ApiError(f"{what}: the API gave an experiment id that is not a UUID")
     return found_id
+
+
+def organisations_of_projects(session: requests.Session, settings: Settings, project: str,
+                              announce: Callable[[str], None]) -> Dict[Any, str]:
+    """project id -> organisation name, for the projects named `project`: two lists, asked
+    for only to say which --org to pick; {} when either cannot be read."""
+    lists = []
+    for path, query in (("project", {"project_name": project}), ("organization", {})):
+        what = f"listing {path}s"
+        try:
+            answer = send(session, "GET", f"{settings.api_url}/v1/{path}", what, settings,
+                          announce, params=query)
+            check_status(answer, what, settings, "the list is not readable")
+            data = read_json(answer, what)
+        except ApiError:
+            return {}
+        objects = data.get("objects") if isinstance(data, dict) else None
+        lists.append([item for item in objects or [] if isinstance(item, dict)])
+    projects, organisations = lists
+    names = {item.get("id"): item.get("name") for item in organisations
+             if isinstance(item.get("name"), str)}
+    return {item.get("id"): names[item.get("org_id")] for item in projects
+            if item.get("org_id") in names}
 
 
 def base_experiment_id(session: requests.Session, settings: Settings, experiment_id: str,
@@ -1374,6 +1409,40 @@ def case_filter(args: argparse.Namespace) -> Callable[[Dict[str, Any]], bool]:
     return lambda case: all(test(case) for test in tests)
 
 
+def closest_first(name: str, known: Iterable[str], most: int = 10) -> str:
+    """The known names, the likeliest meant first (case aside), as a quoted list."""
+    known = sorted(known)
+    by_likeness = sorted(known, key=lambda other: -difflib.SequenceMatcher(
+        None, name.lower(), other.lower()).ratio())
+    listed = ", ".join(map(repr, by_likeness[:most]))
+    return (listed + (f" and {len(known) - most} more" if len(known) > most else "")) or "none"
+
+
+def unmatched_filters(args: argparse.Namespace, scores: Iterable[str], tags: Iterable[str]
+                      ) -> List[str]:
+    """A note for each --score name and --tag that no record read has: such a filter can
+    only leave nothing, which must not pass for "nothing failed"."""
+    scores, tags = set(scores), set(tags)
+    notes = []
+    for test in args.score or []:
+        if test.name not in scores:
+            notes.append(f"{PROG}: note: no record has a score named {test.name!r}, so --score "
+                         f"matched nothing; the scores (closest first): "
+                         f"{closest_first(test.name, scores)}")
+    for tag in dict.fromkeys(args.tag or []):
+        if tag in tags:
+            continue
+        split = [part.strip() for part in tag.split(",") if part.strip()]
+        if len(split) > 1:
+            notes.append(f"{PROG}: note: no record has the tag {tag!r}; --tag takes one tag and is "
+                         f"repeatable (not comma-separated): "
+                         f"{' '.join('--tag ' + repr(part) for part in split)}")
+        else:
+            notes.append(f"{PROG}: note: no record has the tag {tag!r}, so --tag matched nothing; "
+                         f"the tags (closest first): {closest_first(tag, tags)}")
+    return notes
+
+
 # A case's key for matching with the baseline: its dataset row when it came from one, else
 # its input (what the web app matches on by default).
 def case_key(case: Dict[str, Any]) -> Tuple[str, str]:
@@ -1561,13 +1630,22 @@ def paired_statistics(pairs: Pairs) -> Dict[str, Any]:
                 "ci95": None, "p_value": None}
     n, diff_mean = pairs.count, pairs.diff_sum / pairs.count
     half = t_quantile_975(n - 1) * math.sqrt(max(pairs.diff_m2, 0.0) / (n - 1) / n)
-    return {"n": n, "mean": pairs.current_sum / n, "baseline_mean": pairs.baseline_sum / n,
-            "diff_mean": diff_mean, "ci95": [diff_mean - half, diff_mean + half],
+    return {"n": n, "mean": mean(pairs.current_sum, n),
+            "baseline_mean": mean(pairs.baseline_sum, n), "diff_mean": tidy(diff_mean),
+            "ci95": [tidy(diff_mean - half), tidy(diff_mean + half)],
             "p_value": sign_test(pairs.rises, pairs.falls)}
 
 
+def tidy(value: Any) -> Any:
+    """A computed mean to 12 significant digits: 0.2898, not 0.28979999999999995 (the float
+    noise of adding up); well within what any score can mean."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.12g}")
+    return value
+
+
 def mean(total: float, count: int) -> Optional[float]:
-    return total / count if count else None
+    return tidy(total / count) if count else None
 
 
 def summarise(cases: Iterable[Dict[str, Any]], experiment_id: str,
@@ -1610,7 +1688,7 @@ def summarise(cases: Iterable[Dict[str, Any]], experiment_id: str,
     scores = {}
     for name in sorted(tallies):  # the names holding a number in some record
         count, total, low, high = tallies[name]
-        scores[name] = {"count": count, "mean": total / count, "min": low, "max": high}
+        scores[name] = {"count": count, "mean": mean(total, count), "min": low, "max": high}
         if baseline is not None:
             both = pairs.get(name, Pairs())
             scores[name].update(baseline_mean=mean(*baseline_tallies.get(name, [0, 0])),
@@ -2092,7 +2170,7 @@ def run(args: argparse.Namespace, target: Target, settings: Settings,
         write_output(args, experiment_id, index, baseline_id if index else None,
                      lambda count, stop_at: read_experiment(
                          session, settings, experiment_id, args, announce, progress, so_far,
-                         count=count, stop_at=stop_at, note=note), so_far)
+                         count=count, stop_at=stop_at, note=note), so_far, announce)
     finally:
         session.close()
         if index is not None:
@@ -2105,18 +2183,23 @@ class Regressed(Exception):
 
 def write_output(args: argparse.Namespace, experiment_id: str,
                  index: Optional[sqlite3.Connection], baseline_id: Optional[str],
-                 read: Callable[..., Store], so_far: Dict[str, Any]) -> None:
+                 read: Callable[..., Store], so_far: Dict[str, Any],
+                 warn: Callable[[str], None]) -> None:
     """Read the experiment, then write what the flags ask for, case by case; then judge
     the printed records for --fail-on-regression."""
     keep = case_filter(args)
-    known_scores: set = set()  # every score name met, for --fail-on-regression's names
+    # Every score name and tag met before the filters: to say which names match nothing.
+    known_scores: set = set()
+    known_tags: set = set()
 
     def selected(store: Store) -> Iterator[Dict[str, Any]]:
         for case in store.cases():
+            known_scores.update(case["scores"])
+            known_tags.update(tag for tag in case["tags"] if isinstance(tag, str))
             if index is not None:
                 case.update(comparison(case, baseline_match(index, case_key(case)),
                                        args.min_drop))
-                known_scores.update(case["scores"], (case["baseline"] or {}).get("scores", ()))
+                known_scores.update((case["baseline"] or {}).get("scores", ()))
             if keep(case):
                 yield case
 
@@ -2164,6 +2247,8 @@ def write_output(args: argparse.Namespace, experiment_id: str,
             write_stdout(chunks)
     finally:
         store.close()
+    for line in unmatched_filters(args, known_scores, known_tags):
+        warn(line)
     if args.gate is None:
         return
     unknown = sorted(args.gate - known_scores)
