@@ -2,6 +2,9 @@
 the fetch requests it answers at once, so these tests prove the overlap without timing it."""
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import signal
 import subprocess
 import sys
@@ -144,3 +147,31 @@ def test_a_signal_with_two_requests_in_flight_ends_the_run_at_once(api, env, cat
         "unchanged"]
     assert target.read_bytes() == b"previous results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())  # the syscall's number
+
+
+@pytest.mark.skipif(TGKILL is None or not sys.platform.startswith("linux"),
+                    reason="tgkill targets one thread on Linux x86_64 and aarch64 only")
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_the_kernel_hands_to_a_worker_thread_still_ends_the_run(api, env, catalog,
+                                                                          tmp_path, sig, code):
+    # The kernel may deliver a process's signal to any of its threads; tgkill makes it one
+    # that waits on a page, not the main thread, whose handler must still run at once.
+    api.faults.update({1: {"body_delay": 60}, 2: {"delay": 60}})
+    process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.both_cursors, "--limit",
+                                "5"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while api.most_in_flight < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task")
+               if int(tid) != process.pid]
+    assert len(workers) >= 2  # the two page requests (and their deadlines' watchers)
+    libc = ctypes.CDLL(None, use_errno=True)
+    for worker in workers:  # a watcher blocks it; a page's thread takes it
+        assert libc.syscall(TGKILL, process.pid, worker, int(sig)) == 0
+    stdout, stderr = process.communicate(timeout=20)  # without the fix: 60 s, a time-out
+    assert_no_key(stdout, stderr)
+    assert (process.returncode, stdout) == (code, b"")

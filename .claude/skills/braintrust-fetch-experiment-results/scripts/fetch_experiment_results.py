@@ -39,7 +39,7 @@ import time
 import unicodedata
 import urllib.parse
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from fractions import Fraction
 from itertools import islice
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
@@ -663,14 +663,21 @@ def cut_off_after(response: requests.Response, seconds: float) -> Callable[[], b
         except (OSError, TypeError):
             pass
 
-    timer = threading.Timer(max(seconds, 0.0), cut)
-    timer.daemon = True
-    timer.start()
+    disarmed = threading.Event()
+
+    def watch() -> None:
+        # Ctrl-C and SIGTERM are the main thread's: blocked here, the kernel hands them there.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if not disarmed.wait(max(seconds, 0.0)):
+            cut()
+
+    threading.Thread(target=watch, daemon=True).start()
 
     def disarm() -> bool:
         with lock:
             state["read"] = True
-        timer.cancel()
+        disarmed.set()
         return state["cut"]
     return disarm
 
@@ -942,6 +949,15 @@ def in_background(work: Callable[[], Any]) -> "Future[Any]":
     return future
 
 
+def result_of(future: "Future[Any]") -> Any:
+    """A future's result, waited for in slices of 0.2 s: the kernel may hand Ctrl-C or
+    SIGTERM to another thread, and then only a main thread that wakes up runs its handler
+    (a plain wait would sleep through it until the page came)."""
+    while not wait([future], timeout=0.2).done:
+        pass
+    return future.result()
+
+
 class PageRequest(NamedTuple):
     """A page request running on its own thread, and the one it started ahead of it."""
     cursor: Any
@@ -1003,7 +1019,7 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
     try:
         while True:
             what = f"{label}page {number}"
-            answer = page.answer.result().pop()
+            answer = result_of(page.answer).pop()
             try:
                 check_status(answer, what, settings, f"experiment {experiment_id} was not "
                              "found or is not readable with this key; check the id (copy it "
