@@ -8,8 +8,8 @@
 The data flows top to bottom: settings (key, URL, arguments) -> HTTP session -> pages ->
 events to records (pure functions) -> the store of newest versions (a dict, then a
 temporary SQLite file: memory stays flat at any size) -> analysis: filters, baseline,
-summary, statistics -> records -> output -> main. Stdout carries only the data; every message goes to stderr. Exit codes:
-0 done, 1 the API or the network failed, 2 bad arguments or settings, 3 a regression
+summary, statistics -> records -> output -> main. Stdout carries only the data; every
+message goes to stderr. Exit codes: 0 done, 1 the API or the network failed, 2 bad arguments or settings, 3 a regression
 (--fail-on-regression), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
@@ -269,9 +269,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         ("--min-drop", args.min_drop > 0)):
         if given and args.baseline is None:
             raise UsageError(f"{flag} needs --baseline EXPERIMENT (or --baseline auto)")
-    if args.summary and args.format in ("csv", "markdown"):
-        raise UsageError(f"--summary prints one JSON object: use --format json or jsonl with it"
-                         f"{' (markdown is already a summary)' if args.format == 'markdown' else ''}")
+    if args.summary and args.format == "csv":
+        raise UsageError("--summary prints one JSON object: use --format json or jsonl with it")
+    if args.summary and args.format == "markdown":
+        raise UsageError("--format markdown is already a summary: leave out --summary")
     if args.schema and args.format == "markdown":
         raise UsageError("--schema describes JSON records: markdown is a report, with no schema")
     # The gate: None, none asked; an empty set, a regression on any score; else on these.
@@ -522,8 +523,8 @@ class AnnouncedRetry(Retry):
 
     def increment(self, method: Optional[str] = None, url: Optional[str] = None,
                   *args: Any, error: Optional[Exception] = None, **kwargs: Any) -> "AnnouncedRetry":
-        if isinstance(error, (NameResolutionError, SSLError)) or any(
-                isinstance(inner, ConnectionRefusedError) for inner in error_chain(error)):
+        if isinstance(error, (NameResolutionError, SSLError)) or caused_by(
+                error, ConnectionRefusedError):
             raise MaxRetryError(kwargs.get("_pool"), url or "", error)
         return super().increment(method, url, *args, error=error, **kwargs)
 
@@ -616,6 +617,11 @@ def error_chain(error: BaseException) -> Iterator[BaseException]:
         error = inner  # type: ignore[assignment]
 
 
+def caused_by(error: Optional[BaseException], *kinds: type) -> bool:
+    """Whether the error, or one it wraps, is of one of these kinds."""
+    return error is not None and any(isinstance(inner, kinds) for inner in error_chain(error))
+
+
 def describe_error(error: BaseException) -> str:
     """The innermost reason of a requests/urllib3 error, in one short line
     ("Connection refused", "timed out"), not the chain of wrappers around it."""
@@ -631,12 +637,11 @@ def unreachable(error: requests.exceptions.RequestException, what: str, url: str
         return ApiError(f"{what}: the TLS connection to {host} failed ({describe_error(error)})"
                         "; if your network uses a private certificate authority, point "
                         "REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its certificate file")
-    if any(isinstance(inner, (NameResolutionError, socket.gaierror))
-           for inner in error_chain(error)):
+    if caused_by(error, NameResolutionError, socket.gaierror):
         return ApiError(f"{what}: the host name {urllib.parse.urlsplit(url).hostname!r} does "
                         "not resolve; check the API URL (--api-url or BRAINTRUST_API_URL) "
                         "and the network")
-    if any(isinstance(inner, ConnectionRefusedError) for inner in error_chain(error)):
+    if caused_by(error, ConnectionRefusedError):
         return ApiError(f"{what}: could not reach {host}: the connection was refused, so "
                         "nothing listens there; check the API URL (--api-url or "
                         "BRAINTRUST_API_URL, e.g. " + DEFAULT_API_URL + ")")
@@ -1450,12 +1455,12 @@ def unmatched_filters(args: argparse.Namespace, scores: Iterable[str], tags: Ite
             continue
         split = [part.strip() for part in tag.split(",") if part.strip()]
         if len(split) > 1:
-            notes.append(f"{PROG}: note: no record has the tag {tag!r}; --tag takes one tag and is "
-                         f"repeatable (not comma-separated): "
+            notes.append(f"{PROG}: note: no record has the tag {tag!r}; --tag takes one tag "
+                         "and is repeatable (not comma-separated): "
                          f"{' '.join('--tag ' + repr(part) for part in split)}")
         else:
-            notes.append(f"{PROG}: note: no record has the tag {tag!r}, so --tag matched nothing; "
-                         f"the tags (closest first): {closest_first(tag, tags)}")
+            notes.append(f"{PROG}: note: no record has the tag {tag!r}, so --tag matched "
+                         f"nothing; the tags (closest first): {closest_first(tag, tags)}")
     return notes
 
 
@@ -1586,15 +1591,19 @@ def regularized_beta(x: float, a: float, b: float) -> float:
     return front * fraction
 
 
+def t_distribution(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom, t >= 0."""
+    return 1.0 - regularized_beta(df / (df + t * t), df / 2, 0.5) / 2
+
+
 def t_quantile_975(df: int) -> float:
-    """The 97.5th percentile of Student's t with `df` degrees of freedom (bisection on its
-    distribution function: P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2)."""
+    """The 97.5th percentile of Student's t with `df` degrees of freedom, by bisection."""
     low, high = 0.0, 1.0
-    while 1.0 - regularized_beta(df / (df + high * high), df / 2, 0.5) / 2 < 0.975:
+    while t_distribution(high, df) < 0.975:
         low, high = high, high * 2
     for _ in range(200):
         middle = (low + high) / 2
-        if 1.0 - regularized_beta(df / (df + middle * middle), df / 2, 0.5) / 2 < 0.975:
+        if t_distribution(middle, df) < 0.975:
             low = middle
         else:
             high = middle
