@@ -18,7 +18,6 @@ import argparse
 import csv
 import difflib
 import gc
-import gzip
 import io
 import ipaddress
 import json
@@ -34,12 +33,15 @@ import sqlite3
 import stat
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import unicodedata
 import urllib.parse
 import uuid
+import zlib
 from concurrent.futures import Future, wait
+from contextlib import contextmanager
 from fractions import Fraction
 from itertools import islice
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
@@ -49,6 +51,8 @@ try:
     import requests
     from dotenv import dotenv_values, find_dotenv
     from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
     from urllib3.exceptions import (HTTPError, MaxRetryError, NameResolutionError,
                                     ProtocolError, SSLError)
     from urllib3.util.retry import Retry
@@ -74,9 +78,12 @@ DEFAULT_RETRIES = 5  # per request; BRAINTRUST_NUM_RETRIES, the official SDK's n
 DEFAULT_IN_FLIGHT = 2  # page requests at once: BRAINTRUST_MAX_IN_FLIGHT=1 pages one by one
 DEFAULT_DEADLINE = 300.0  # seconds one request may take, first byte sent to last received
 DEFAULT_SPILL_MB = 48  # megabytes of pages handled in memory before rows move to disk
+DEFAULT_MAX_PAGE_MB = 512  # megabytes one answer may hold, unpacked: far above any real page
+MAX_REDIRECTS = 10
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 RETRY_AFTER_CAP = 60.0
-SERVER_TEXT_LIMIT = 300
+SERVER_TEXT_LIMIT = 300  # characters of a server's words shown in a message
+SCANNED_TEXT = 65536  # characters of a server's words read for them
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_REGRESSED = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
@@ -90,8 +97,51 @@ class ApiError(Exception):
     """The API or the network failed: exit 1."""
 
 
+class MalformedAnswer(ApiError):
+    """The API's answer is JSON, but not in the shape the spec gives: exit 1, naming what."""
+
+
 class Terminated(BaseException):
     """SIGTERM: unwound like Ctrl-C, so a temporary file is removed on the way out."""
+
+
+class Signals:
+    """Ctrl-C and SIGTERM as exceptions (KeyboardInterrupt, Terminated), raised once: a
+    second signal while the first unwinds is ignored, so a run ends with one line. Inside
+    `held()` a signal waits until the block ends, so a temporary file is never created
+    without being registered for removal, nor half removed. (Python runs its handlers in
+    the main thread whichever thread the kernel picked, so a flag here holds them all,
+    where blocking the signals in the main thread alone would not.)"""
+
+    def __init__(self) -> None:
+        self.holding, self.pending, self.raised = 0, None, False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self.arrived)
+        signal.signal(signal.SIGTERM, self.arrived)
+
+    def arrived(self, signum: int, frame: Any) -> None:
+        if self.raised:
+            return
+        if self.holding:
+            self.pending = signum
+            return
+        self.raised = True
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+            if not self.holding and self.pending is not None:
+                signum, self.pending = self.pending, None
+                self.arrived(signum, None)
+
+
+SIGNALS = Signals()  # the process's own: signals are delivered to a process, not a call
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,6 +153,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise UsageError(f"{message} (see --help)")
+
+
+class Wrapping(argparse.HelpFormatter):
+    """argparse's help, but a line never breaks inside a flag (--max-|results)."""
+
+    def _split_lines(self, text: str, width: int) -> List[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
 
 
 def positive_int(text: str, *, most: Optional[int] = None) -> int:
@@ -181,6 +242,7 @@ def score_test(text: str) -> ScoreTest:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = Parser(
         prog=PROG,
+        formatter_class=Wrapping,
         allow_abbrev=False,  # a typo must not silently become another flag
         description="Fetch every result of a Braintrust experiment as flat JSON records, "
         "one per test case (its root span), on stdout.",
@@ -193,8 +255,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         f"({DEFAULT_READ_TIMEOUT:g}), BRAINTRUST_NUM_RETRIES the retries per request "
         f"({DEFAULT_RETRIES}), BRAINTRUST_MAX_IN_FLIGHT the page requests at once "
         f"({DEFAULT_IN_FLIGHT}; 1 requests each page only after the one before), "
-        f"BRAINTRUST_HTTP_DEADLINE the seconds one request may take in all "
-        f"({DEFAULT_DEADLINE:g}), BRAINTRUST_SPILL_MB the megabytes of pages handled in memory "
+        f"BRAINTRUST_HTTP_DEADLINE the seconds one request may take in all, first byte sent "
+        f"to last received ({DEFAULT_DEADLINE:g}), BRAINTRUST_MAX_PAGE_MB the megabytes one "
+        f"answer may hold, unpacked ({DEFAULT_MAX_PAGE_MB}), BRAINTRUST_SPILL_MB the megabytes of pages handled in memory "
         f"before the rows move to a temporary file in TMPDIR ({DEFAULT_SPILL_MB}). "
         "Filters combine with AND; --max-results counts after them. "
         "Exit codes: 0 done, 1 the API or network failed, 2 bad arguments or settings, "
@@ -296,6 +359,7 @@ class Settings(NamedTuple):
     deadline: float = DEFAULT_DEADLINE
     spill_after: int = DEFAULT_SPILL_MB << 20  # bytes of pages
     key_source: str = "the environment"  # or the .env file the key was read from
+    max_page: int = DEFAULT_MAX_PAGE_MB << 20  # bytes one answer may hold, unpacked
 
 
 def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings:
@@ -336,14 +400,20 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
 
     read_timeout = seconds("BRAINTRUST_HTTP_TIMEOUT", DEFAULT_READ_TIMEOUT)
     deadline = seconds("BRAINTRUST_HTTP_DEADLINE", DEFAULT_DEADLINE)
-    spill_text = setting("BRAINTRUST_SPILL_MB") or str(DEFAULT_SPILL_MB)
-    try:
-        spill_after = float(spill_text) * 2 ** 20
-    except ValueError:
-        spill_after = -1.0
-    if not 0 <= spill_after < float("inf"):
-        raise UsageError(f"BRAINTRUST_SPILL_MB must be a number of megabytes, 0 or more (0: "
-                         f"the rows go to disk from the first page), got {spill_text!r}")
+    def megabytes(name: str, default: int, least: float, why: str) -> int:
+        text = setting(name) or str(default)
+        try:
+            value = float(text) * 2 ** 20
+        except ValueError:
+            value = -1.0
+        if not least <= value < float("inf") or (least > 0 and value < 1):
+            raise UsageError(f"{name} must be a number of megabytes, {why}, got {text!r}")
+        return int(value)
+
+    spill_after = megabytes("BRAINTRUST_SPILL_MB", DEFAULT_SPILL_MB, 0,
+                            "0 or more (0: the rows go to disk from the first page)")
+    max_page = megabytes("BRAINTRUST_MAX_PAGE_MB", DEFAULT_MAX_PAGE_MB, 1e-9,
+                         "above 0 (how large one answer of the API may be, unpacked)")
     retries_text = setting("BRAINTRUST_NUM_RETRIES") or str(DEFAULT_RETRIES)
     if not retries_text.isdigit() or int(retries_text) > 100:
         raise UsageError(f"BRAINTRUST_NUM_RETRIES must be a whole number from 0 to 100, "
@@ -355,7 +425,68 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if args.output:
         check_writable(args.output)
     return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight), deadline,
-                    int(spill_after), key_source)
+                    spill_after, key_source, max_page)
+
+
+def key_in_sight(environ: Dict[str, str]) -> str:
+    """The key as read_settings will find it, read before anything else, so that even a
+    message about the arguments (the key pasted where EXPERIMENT goes) cannot show it."""
+    dotenv_path = find_dotenv(usecwd=True)
+    from_file = dotenv_values(dotenv_path) if dotenv_path else {}
+    return (environ.get("BRAINTRUST_API_KEY") or from_file.get("BRAINTRUST_API_KEY")
+            or "").strip()
+
+
+REAL_KEY_LENGTH = 16  # Braintrust keys are far longer; a shorter one is a test or a typo
+# What a Braintrust key looks like (sk-..., and service tokens bt-st-...): redacted wherever
+# it shows, whether or not it is this run's key.
+KEY_SHAPE = re.compile(r"(?<![A-Za-z0-9])(?:sk|bt-st)[-_][A-Za-z0-9_-]{16,}")
+EDGE_FRAGMENT = 4  # characters of a key left at the edge of a cut that are redacted
+
+
+def redacted(text: str, key: str) -> str:
+    """`text` with the key replaced: everywhere when it is as long as a real key (it must
+    never show), else only where it stands as a whole token, so a key like "x" does not
+    turn the program's name into fetch_e[redacted]periment_results.py."""
+    if not key:
+        return text
+    if len(key) >= REAL_KEY_LENGTH:
+        return text.replace(key, "[redacted]")
+    return re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", "[redacted]", text)
+
+
+class Redactor:
+    """What must never be shown: the keys this run knows of, and anything shaped like a
+    Braintrust key. Every text bound for stderr passes here twice: before it is cut (a cut
+    must not leave part of a key to show) and as it is written."""
+
+    def __init__(self) -> None:
+        self.keys: List[str] = []
+
+    def add(self, key: str) -> None:
+        if key and key not in self.keys:
+            self.keys.append(key)
+
+    def __call__(self, text: str) -> str:
+        for key in self.keys:
+            text = redacted(text, key)
+        return KEY_SHAPE.sub("[redacted]", text)
+
+    def edge(self, text: str) -> str:
+        """`text`, which was cut, with whatever start of a key the cut left at its end
+        redacted (the rest of the key was past the cut, where no redaction could see it)."""
+        for key in self.keys:
+            for size in range(min(len(key) - 1, len(text)), EDGE_FRAGMENT - 1, -1):
+                if len(key) >= REAL_KEY_LENGTH and text.endswith(key[:size]):
+                    return text[:-size] + "[redacted]"
+        return text
+
+    def cut(self, text: str, most: int) -> str:
+        """`text` cut to `most` characters, … marking the cut, which leaves no part of a key."""
+        return text if len(text) <= most else self.edge(text[: most - 1]) + "…"
+
+
+REDACT = Redactor()  # the process's own: the key is one for the whole run
 
 
 def is_regular_or_missing(path: str) -> bool:
@@ -503,26 +634,129 @@ def parse_baseline(text: str, main: Target) -> Union[Target, str]:
 # HTTP session: keep-alive, key only as a header, urllib3's Retry for backoff
 # ---------------------------------------------------------------------------------------
 
+class Deadline:
+    """BRAINTRUST_HTTP_DEADLINE over one request: each attempt may take `seconds` from its
+    first byte sent to the last byte of its answer, redirects and all. The read timeout
+    cannot do that (every trickled byte restarts it), so a watcher thread shuts the
+    attempt's socket down when time is up: whatever reads or writes it (the status line,
+    headers, endless 100 Continues, the body, on a keep-alive or a closing connection)
+    wakes as if the server had hung up. Connections tell it which socket is in use."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.changed = threading.Condition()
+        self.started: Optional[float] = time.monotonic()  # None between attempts
+        self.connection: Any = None
+        self.sock: Any = None
+        self.expired = False  # the current attempt ran out of time
+        self.over = False
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def using(self, connection: Any) -> None:
+        """A request goes out on `connection` (None: the attempt is between two hops)."""
+        with self.changed:
+            self.connection, self.sock = connection, None
+
+    def answering(self, connection: Any) -> None:
+        """Its answer comes: keep its socket, which http.client drops from a connection
+        that will close while the body is still read through it."""
+        with self.changed:
+            if connection is self.connection:
+                self.sock = connection.sock
+
+    def between(self) -> bool:
+        """The attempt is over (answered, or failed): stop its clock, and say whether it
+        ran out of time. Its connection may go back to the pool, beyond the watcher's reach."""
+        with self.changed:
+            self.started, self.connection, self.sock = None, None, None
+            return self.expired
+
+    def restart(self) -> None:
+        """A new attempt, after a retry's pause: its own `seconds`, from now."""
+        with self.changed:
+            self.started, self.expired = time.monotonic(), False
+            self.changed.notify()
+
+    def end(self) -> None:
+        with self.changed:
+            self.over, self.started = True, None
+            self.changed.notify()
+
+    def watch(self) -> None:
+        # Ctrl-C and SIGTERM are the main thread's: blocked here, the kernel hands them there.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        with self.changed:
+            while not self.over:
+                left = (None if self.started is None or self.expired
+                        else self.started + self.seconds - time.monotonic())
+                if left is None or left > 0:
+                    self.changed.wait(left)
+                    continue
+                self.expired = True
+                sock = self.sock or getattr(self.connection, "sock", None)
+                try:  # wakes the reading thread: its recv ends as if the server had closed
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except (OSError, TypeError):
+                    pass
+
+
+DEADLINES = threading.local()  # each thread's request in progress, for its connections
+
+
+def watched(connection_class: type) -> type:
+    """urllib3's connection class, telling the deadline of the thread's request in progress
+    which connection it sends on and when its answer starts."""
+
+    class Watched(connection_class):  # type: ignore[misc, valid-type]
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            deadline = getattr(DEADLINES, "current", None)
+            if deadline is not None:
+                deadline.using(self)
+            return super().request(*args, **kwargs)
+
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            deadline = getattr(DEADLINES, "current", None)
+            if deadline is not None:
+                deadline.answering(self)
+            return super().getresponse(*args, **kwargs)
+
+    return Watched
+
+
+class WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = watched(HTTPConnection)
+
+
+class WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = watched(HTTPSConnection)
+
+
+WATCHED_POOLS = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+
+
 class AnnouncedRetry(Retry):
     """urllib3's Retry plus what it cannot do: say each retry on stderr, honour Retry-After
-    (capped at 60 s) on every retried status, not only 413/429/503, and give up at once on
-    what no retry can heal: a host name that does not resolve, a certificate not trusted, a
-    port where nothing listens (the connection refused)."""
+    (capped at 60 s) on every retried status, not only 413/429/503, restart the deadline
+    for each attempt, and give up at once on what no retry can heal: a host name that does
+    not resolve, a certificate not trusted, a port where nothing listens (the connection
+    refused)."""
 
     def __init__(self, *args: Any, announce: Callable[[str], None] = lambda line: None,
-                 what: str = "request", clock: Optional[List[float]] = None, **kwargs: Any):
+                 what: str = "request", deadline: Optional[Deadline] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        # clock[0]: when the current attempt started, for BRAINTRUST_HTTP_DEADLINE
-        self.announce, self.what, self.clock = announce, what, clock or [time.monotonic()]
+        self.announce, self.what, self.deadline = announce, what, deadline
 
     def new(self, **kwargs: Any) -> "AnnouncedRetry":
         kwargs.setdefault("announce", self.announce)
         kwargs.setdefault("what", self.what)
-        kwargs.setdefault("clock", self.clock)
+        kwargs.setdefault("deadline", self.deadline)
         return super().new(**kwargs)
 
     def increment(self, method: Optional[str] = None, url: Optional[str] = None,
                   *args: Any, error: Optional[Exception] = None, **kwargs: Any) -> "AnnouncedRetry":
+        if self.deadline is not None and self.deadline.expired and error is not None:
+            error = ProtocolError(late(self.deadline.seconds))  # what the cut looked like
         if isinstance(error, (NameResolutionError, SSLError)) or caused_by(
                 error, ConnectionRefusedError):
             raise MaxRetryError(kwargs.get("_pool"), url or "", error)
@@ -548,12 +782,19 @@ class AnnouncedRetry(Retry):
         tries = len(self.history) + (self.total or 0) + 1
         self.announce(f"{self.what}: {why}; retrying in {wait:.1f} s "
                       f"(attempt {len(self.history) + 1} of {tries})")
+        if self.deadline is not None:
+            self.deadline.between()
         time.sleep(wait)
-        self.clock[0] = time.monotonic()
+        if self.deadline is not None:
+            self.deadline.restart()
+
+
+def late(seconds: float) -> str:
+    return f"no whole answer within BRAINTRUST_HTTP_DEADLINE ({seconds:g} s)"
 
 
 def retry_policy(what: str, announce: Callable[[str], None], retries: int,
-                 clock: Optional[List[float]] = None) -> AnnouncedRetry:
+                 deadline: Optional[Deadline] = None) -> AnnouncedRetry:
     return AnnouncedRetry(
         total=retries,
         status_forcelist=RETRIED_STATUSES,
@@ -564,7 +805,7 @@ def retry_policy(what: str, announce: Callable[[str], None], retries: int,
         raise_on_status=False,  # hand back the last answer so its message can be shown
         what=what,
         announce=announce,
-        clock=clock,
+        deadline=deadline,
     )
 
 
@@ -578,7 +819,18 @@ def bearer(key: str) -> Callable[[requests.PreparedRequest], requests.PreparedRe
 
 class PerThreadRetries(HTTPAdapter):
     """requests' adapter, whose `max_retries` (read for every request) is kept per thread,
-    so each of two page requests in flight spends its own retry budget."""
+    so each of two page requests in flight spends its own retry budget, and whose
+    connections answer to the deadline of their thread's request."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools are classes of their own
+            manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
 
     def __init__(self, retries: Retry):
         self.local, self.default_retries = threading.local(), retries
@@ -598,6 +850,7 @@ def open_session(settings: Settings) -> requests.Session:
     session.auth = bearer(settings.key)  # also keeps ~/.netrc from replacing the key
     session.headers["User-Agent"] = (f"braintrust-fetch-experiment-results/{__version__} "
                                      f"python-requests/{requests.__version__}")
+    session.headers["Accept-Encoding"] = "gzip, deflate"  # what read_body can unpack
     adapter = PerThreadRetries(retry_policy("request", lambda line: None, settings.retries))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -630,9 +883,15 @@ def describe_error(error: BaseException) -> str:
     return clean_text(text or type(error).__name__, limit=160)
 
 
-def unreachable(error: requests.exceptions.RequestException, what: str, url: str) -> ApiError:
-    """The one line for a request that got no answer, with what to do about it."""
-    host = urllib.parse.urlsplit(url).netloc
+def unreachable(error: requests.exceptions.RequestException, what: str, url: str,
+                redirected: bool = False) -> ApiError:
+    """The one line for a request that got no answer, with what to do about it. A host
+    that a redirect named is not the API URL's fault: said so."""
+    host = clean_text(urllib.parse.urlsplit(url).netloc, limit=120)
+    if redirected:
+        return ApiError(f"{what}: could not reach {host}, where the API redirected the request "
+                        f"({describe_error(error)}); the API URL is not at fault: try again "
+                        "later, or report it to Braintrust if it goes on")
     if isinstance(error, requests.exceptions.SSLError):
         return ApiError(f"{what}: the TLS connection to {host} failed ({describe_error(error)})"
                         "; if your network uses a private certificate authority, point "
@@ -651,44 +910,8 @@ def unreachable(error: requests.exceptions.RequestException, what: str, url: str
     return ApiError(f"{what}: the request failed ({describe_error(error)})")
 
 
-def cut_off_after(response: requests.Response, seconds: float) -> Callable[[], bool]:
-    """Shut the answer's connection down in `seconds` unless it is read by then, so a server
-    that trickles a body cannot hold the run (each byte would reset the read timeout).
-    Returns the disarming call, which says whether the cut came first."""
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    lock, state = threading.Lock(), {"read": False, "cut": False}
-
-    def cut() -> None:
-        with lock:
-            if state["read"]:
-                return
-            state["cut"] = True
-        try:  # wakes the reading thread: its recv ends as if the server had closed
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except (OSError, TypeError):
-            pass
-
-    disarmed = threading.Event()
-
-    def watch() -> None:
-        # Ctrl-C and SIGTERM are the main thread's: blocked here, the kernel hands them there.
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        if not disarmed.wait(max(seconds, 0.0)):
-            cut()
-
-    threading.Thread(target=watch, daemon=True).start()
-
-    def disarm() -> bool:
-        with lock:
-            state["read"] = True
-        disarmed.set()
-        return state["cut"]
-    return disarm
-
-
 class Answer(NamedTuple):
-    """An HTTP answer with its whole body read."""
+    """An HTTP answer with its whole body read (unpacked, when it came gzipped)."""
     status: int
     reason: str
     headers: Any  # case-insensitive
@@ -697,50 +920,175 @@ class Answer(NamedTuple):
     redirects: Tuple[Any, ...] = ()  # the headers of each redirect on the way, in order
 
 
+class TooLarge(Exception):
+    """An answer past BRAINTRUST_MAX_PAGE_MB: never retried, the same page would come."""
+
+
+READ_CHUNK = 1 << 20  # bytes read at a time from a body whose size is not known ahead
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def unpacked(data: bytes, most: int, wbits: int = GZIP_WBITS) -> bytes:
+    """gzip (or zlib) data inflated, refused past `most` bytes before they are all made
+    (a few megabytes of gzip can hold gigabytes); members back to back are joined, as
+    gzip.decompress joins them. zlib.error for data that is not whole or not gzip."""
+    pieces, size = [], 0
+    while data:
+        inflate = zlib.decompressobj(wbits)
+        piece = inflate.decompress(data, most - size + 1)
+        size += len(piece)
+        if size > most:
+            raise TooLarge()
+        if not inflate.eof:
+            raise zlib.error("the compressed data ends before its end")
+        pieces.append(piece)
+        data = inflate.unused_data
+    return b"".join(pieces)
+
+
+def read_body(response: requests.Response, most: int) -> bytes:
+    """The whole body, undone of its Content-Encoding, refused (TooLarge) past `most`
+    bytes; in one read when its length is known and it is not encoded (the common case,
+    and much cheaper than reading in chunks)."""
+    headers, raw = response.headers, response.raw
+    encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+    length = headers.get("Content-Length") or ""
+    if length.isdigit() and int(length) > most:
+        raise TooLarge()
+    if encoding == "identity" and length.isdigit():
+        body = raw.read(decode_content=False)
+    else:
+        pieces, size = [], 0
+        while True:
+            piece = raw.read(READ_CHUNK, decode_content=False)
+            if not piece:
+                break
+            size += len(piece)
+            if size > most:
+                raise TooLarge()
+            pieces.append(piece)
+        body = b"".join(pieces)
+    if encoding in ("gzip", "x-gzip"):
+        return unpacked(body, most)
+    if encoding == "deflate":
+        return unpacked(body, most, zlib.MAX_WBITS)
+    if encoding != "identity":
+        raise ProtocolError(f"the answer is encoded as {clean_text(encoding, limit=40)!r}, "
+                            "which was not asked for")
+    return body
+
+
+def no_key(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """The auth of a request to another host than the API's: none."""
+    return request
+
+
+def same_origin(url: str, other: str) -> bool:
+    first, second = urllib.parse.urlsplit(url), urllib.parse.urlsplit(other)
+    return (first.scheme, first.hostname, first.port) == (second.scheme, second.hostname,
+                                                          second.port)
+
+
 def send(session: requests.Session, method: str, url: str, what: str, settings: Settings,
          announce: Callable[[str], None], **kwargs: Any) -> Answer:
-    """One request with its body read, retried as a whole (within the same budget) when the
-    connection breaks after the headers, which urllib3 does not retry by itself."""
-    adapter = session.get_adapter(url)
-    clock = [time.monotonic()]  # when this attempt started (retries restart it)
-    retry = retry_policy(what, announce, settings.retries, clock)
-    late = f"no whole answer within BRAINTRUST_HTTP_DEADLINE ({settings.deadline:g} s)"
-    while True:
+    """One request with its body read, redirects followed, each attempt within the
+    deadline; retried as a whole (within the same budget) when the answer breaks off or
+    runs out of time after its headers, which urllib3 does not retry by itself."""
+    deadline = Deadline(settings.deadline)
+    retry = retry_policy(what, announce, settings.retries, deadline)
+    DEADLINES.current = deadline
+    try:
+        while True:
+            try:
+                return attempt(session, method, url, what, settings, retry, deadline, kwargs)
+            except TooLarge:
+                raise ApiError(f"{what}: the answer is larger than BRAINTRUST_MAX_PAGE_MB "
+                               f"({settings.max_page / 2 ** 20:g} MB, unpacked); if the "
+                               "experiment's pages really are that large, raise it, or "
+                               "lower --limit") from None
+            except BrokenAnswer as broken:
+                expired = deadline.between()
+                reason = late(settings.deadline) if expired else broken.reason
+                try:
+                    retry = broken.retry.increment(method, url, error=ProtocolError(reason))
+                except MaxRetryError:
+                    raise gave_up(what, settings, expired, broken.reason) from None
+                retry.sleep()  # which restarts the deadline
+    finally:
+        deadline.end()
+        DEADLINES.current = None
+
+
+class BrokenAnswer(Exception):
+    """An answer that broke off (or ran out of time) after its headers, to be asked again."""
+
+    def __init__(self, reason: str, retry: Retry):
+        super().__init__(reason)
+        self.reason, self.retry = reason, retry
+
+
+def gave_up(what: str, settings: Settings, expired: bool, reason: str) -> ApiError:
+    tries = settings.retries + 1
+    times = f"{tries} {'time' if tries == 1 else 'times'}"
+    if expired:
+        return ApiError(f"{what}: {late(settings.deadline)}, {times}: the server (or a proxy) "
+                        "is sending it very slowly; try again later, or raise "
+                        "BRAINTRUST_HTTP_DEADLINE")
+    return ApiError(f"{what}: the connection broke while reading the answer, {times} "
+                    f"({reason})")
+
+
+def attempt(session: requests.Session, method: str, url: str, what: str, settings: Settings,
+            retry: Retry, deadline: Deadline, kwargs: Dict[str, Any]) -> Answer:
+    """One attempt: the request, each redirect it meets (the key goes only to the API's
+    own host), and the final answer's body."""
+    redirects: List[Any] = []
+    hop_method, hop_url, hop_kwargs = method, url, kwargs
+    for _ in range(MAX_REDIRECTS + 1):
+        adapter = session.get_adapter(hop_url)
         adapter.max_retries = retry
         try:
-            response = session.request(method, url, stream=True,
-                                       timeout=(CONNECT_TIMEOUT, settings.read_timeout), **kwargs)
+            response = session.request(
+                hop_method, hop_url, stream=True, allow_redirects=False,
+                timeout=(CONNECT_TIMEOUT, settings.read_timeout),
+                auth=None if same_origin(url, hop_url) else no_key, **hop_kwargs)
         except requests.exceptions.RequestException as error:
-            raise unreachable(error, what, url) from None
+            if deadline.between():
+                raise gave_up(what, settings, True, "") from None
+            raise unreachable(error, what, hop_url, redirected=bool(redirects)) from None
         retry = response.raw.retries or retry
-        disarm = cut_off_after(response, clock[0] + settings.deadline - time.monotonic())
         try:
             try:
-                # One read of the whole body (gzip undone): much cheaper than requests' chunks.
-                body = response.raw.read(decode_content=True)
+                if response.is_redirect:
+                    body = response.raw.read(READ_CHUNK, decode_content=False)  # to reuse it
+                else:
+                    body = read_body(response, settings.max_page)
             finally:
-                was_cut = disarm()
-            if was_cut:  # the read may have ended quietly, with part of the body
-                raise ProtocolError(late)
-            return Answer(response.status_code, response.reason or "", response.headers, body,
-                          len(retry.history) + 1,
-                          tuple(earlier.headers for earlier in response.history))
-        except (HTTPError, OSError) as error:
-            reason = late if was_cut else f"answer cut short: {describe_error(error)}"
-            try:
-                retry = retry.increment(method, url, error=ProtocolError(reason))
-            except MaxRetryError:
-                tries = settings.retries + 1
-                times = f"{tries} {'time' if tries == 1 else 'times'}"
-                if was_cut:
-                    raise ApiError(f"{what}: {late}, {times}: the server (or a proxy) is "
-                                   "sending it very slowly; try again later, or raise "
-                                   "BRAINTRUST_HTTP_DEADLINE") from None
-                raise ApiError(f"{what}: the connection broke while reading the answer, "
-                               f"{times} ({describe_error(error)})") from None
-            retry.sleep()  # which restarts the clock
+                expired = deadline.between() if not response.is_redirect else deadline.expired
+            if expired:  # the read may have ended quietly, with part of the body
+                raise BrokenAnswer(late(settings.deadline), retry)
+        except (HTTPError, OSError, zlib.error) as error:
+            raise BrokenAnswer(f"answer cut short: {describe_error(error)}", retry) from None
         finally:
             response.close()
+        if not response.is_redirect:
+            return Answer(response.status_code, response.reason or "", response.headers,
+                          body, len(retry.history) + 1, tuple(redirects))
+        redirects.append(response.headers)
+        deadline.using(None)  # its connection is back in the pool
+        hop_url = urllib.parse.urljoin(hop_url, response.headers["Location"])
+        if urllib.parse.urlsplit(hop_url).scheme not in ("http", "https"):
+            raise ApiError(f"{what}: the API redirected the request to a URL that is not "
+                           f"http(s) ({clean_text(hop_url, limit=120)}); report it to "
+                           "Braintrust")
+        left_behind = ("params",)  # the Location holds its own query
+        if response.status_code == 303 or (response.status_code in (301, 302)
+                                           and hop_method == "POST"):
+            hop_method, left_behind = "GET", ("params", "json", "data")  # as browsers do
+        hop_kwargs = {name: value for name, value in hop_kwargs.items()
+                      if name not in left_behind}
+    raise ApiError(f"{what}: more than {MAX_REDIRECTS} redirects in a row; report it to "
+                   "Braintrust")
 
 
 # ---------------------------------------------------------------------------------------
@@ -754,29 +1102,16 @@ CONTROL_OR_ESCAPE = re.compile(
 )
 
 
-REAL_KEY_LENGTH = 16  # Braintrust keys are far longer; a shorter one is a test or a typo
-
-
-def redacted(text: str, key: str) -> str:
-    """`text` with the key replaced: everywhere when it is as long as a real key (it must
-    never show), else only where it stands as a whole token, so a key like "x" does not
-    turn the program's name into fetch_e[redacted]periment_results.py."""
-    if not key:
-        return text
-    if len(key) >= REAL_KEY_LENGTH:
-        return text.replace(key, "[redacted]")
-    return re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", "[redacted]", text)
-
-
 def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> str:
-    """Someone else's text made safe for a terminal: no escapes, no control characters,
-    one line, trimmed; the key, should a server echo it, replaced."""
-    text = redacted(text, secret)
-    text = CONTROL_OR_ESCAPE.sub("", text[: limit * 4])  # a body may be megabytes of HTML
+    """Someone else's text (a body, a reason phrase, a header, an error) made safe to show:
+    no escapes, no control characters, one line, trimmed; keys redacted before any cut
+    (and again once the escapes between a key's characters are gone)."""
+    if len(text) > SCANNED_TEXT:  # a body may be megabytes of HTML
+        text = REDACT.edge(redacted(REDACT(text[:SCANNED_TEXT]), secret))
+    text = redacted(REDACT(CONTROL_OR_ESCAPE.sub("", redacted(REDACT(text), secret))), secret)
     text = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
                    for char in text)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return REDACT.cut(" ".join(text.split()), limit)
 
 
 def json_or_none(body: bytes) -> Any:
@@ -797,7 +1132,7 @@ def server_message(answer: Answer, secret: str) -> str:
 def check_status(answer: Answer, what: str, settings: Settings, not_found: str) -> None:
     if 200 <= answer.status < 300:
         return
-    words = f"{answer.status} {answer.reason}".strip()
+    words = f"{answer.status} {clean_text(answer.reason, limit=80)}".strip()
     message = server_message(answer, settings.key)
     if answer.status == 401:
         raise ApiError(f"{what}: the API refused the key ({words}: {message}); check that "
@@ -820,20 +1155,30 @@ def check_status(answer: Answer, what: str, settings: Settings, not_found: str) 
 
 
 def first_bytes(answer: Answer) -> str:
-    kind = answer.headers.get("Content-Type") or "no content type"
-    return f"{kind}: {clean_text(answer.body[:200].decode('utf-8', 'replace'), limit=120)!r}"
+    kind = clean_text(answer.headers.get("Content-Type") or "no content type", limit=80)
+    text = answer.body[:SCANNED_TEXT].decode("utf-8", "replace")
+    return f"{kind}: {clean_text(text, limit=120)!r}"
 
 
-def read_json(answer: Answer, what: str) -> Any:
-    """The body as JSON; a gzip body from an object store is unpacked first."""
+def read_json(answer: Answer, what: str, most: int = DEFAULT_MAX_PAGE_MB << 20) -> Any:
+    """The body as JSON; a gzip body from an object store is unpacked first (at most
+    `most` bytes of it: BRAINTRUST_MAX_PAGE_MB)."""
     body = answer.body
     if body[:2] == b"\x1f\x8b":
         try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):
+            body = unpacked(body, most)
+        except zlib.error:
             pass
+        except TooLarge:
+            raise ApiError(f"{what}: the answer unpacks to more than BRAINTRUST_MAX_PAGE_MB "
+                           f"({most / 2 ** 20:g} MB); if the experiment's pages really are "
+                           "that large, raise it, or lower --limit") from None
     try:
         return json.loads(body)
+    except RecursionError:
+        raise MalformedAnswer(f"{what}: the answer nests JSON arrays or objects deeper than "
+                              f"Python reads (about {sys.getrecursionlimit()} levels); report "
+                              "it to Braintrust") from None
     except ValueError:
         raise ApiError(f"{what}: the answer is not JSON ({answer.status}, {first_bytes(answer)})"
                        "; is the API URL right?") from None
@@ -857,7 +1202,7 @@ def resolve_experiment(session: requests.Session, settings: Settings, target: Ta
     answer = send(session, "GET", f"{settings.api_url}/v1/experiment", what, settings,
                   announce, params=query)
     check_status(answer, what, settings, "the API could not look it up; check the names")
-    data = read_json(answer, what)
+    data = read_json(answer, what, settings.max_page)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
         raise ApiError(f"{what}: the answer has no list of objects")
     found = [item for item in data["objects"] if isinstance(item, dict)
@@ -895,7 +1240,7 @@ def organisations_of_projects(session: requests.Session, settings: Settings, pro
             answer = send(session, "GET", f"{settings.api_url}/v1/{path}", what, settings,
                           announce, params=query)
             check_status(answer, what, settings, "the list is not readable")
-            data = read_json(answer, what)
+            data = read_json(answer, what, settings.max_page)
         except ApiError:
             return {}
         objects = data.get("objects") if isinstance(data, dict) else None
@@ -915,7 +1260,7 @@ def base_experiment_id(session: requests.Session, settings: Settings, experiment
                   settings, announce)
     check_status(answer, what, settings, "the experiment was not found or is not readable "
                  "with this key")
-    data = read_json(answer, what)
+    data = read_json(answer, what, settings.max_page)
     base = data.get("base_exp_id") if isinstance(data, dict) else None
     if not base:
         raise ApiError(f"experiment {experiment_id} has no base experiment (its base_exp_id is "
@@ -925,6 +1270,12 @@ def base_experiment_id(session: requests.Session, settings: Settings, experiment
     if base_id is None:
         raise ApiError(f"{what}: the API gave a base_exp_id that is not a UUID")
     return base_id
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, in a word, for a message about a malformed answer."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
 
 
 def headers_cursor(headers: Any, redirects: Iterable[Any] = ()) -> Any:
@@ -1029,11 +1380,15 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
                 check_status(answer, what, settings, f"experiment {experiment_id} was not "
                              "found or is not readable with this key; check the id (copy it "
                              "from the experiment's page) and the organisation of the key")
-                data = read_json(answer, what)
+                data = read_json(answer, what, settings.max_page)
                 if not isinstance(data, dict) or not isinstance(data.get("events"), list):
                     raise ApiError(f"{what}: the answer is JSON but not a page of events "
                                    f"({first_bytes(answer)})")
                 cursor, size = next_cursor(data, answer), len(answer.body)
+                if not isinstance(cursor, (str, type(None))):
+                    raise MalformedAnswer(f"{what}: the answer's cursor is {kind_of(cursor)}, "
+                                          "not a string, so the next page cannot be asked "
+                                          "for; report it to Braintrust")
                 early = page.state["next"]  # final: set, if ever, before the body was read
                 if early is not None and early.cursor != cursor:
                     # Dropped before this slot comes back, so no follower of it can take it.
@@ -1143,7 +1498,10 @@ def score_dict(scores: Any) -> Dict[str, Any]:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A number that arithmetic can use: not a boolean, not NaN or infinite, and not an
+    integer too large for a float (JSON allows all three; no mean can be made of them)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and -sys.float_info.max <= value <= sys.float_info.max)
 
 
 def span_cost(event: Dict[str, Any]) -> Cost:
@@ -1197,6 +1555,17 @@ def essentials(event: Dict[str, Any], with_costs: bool = False
 Part = Union[RootPart, ScorePart, SpanPart, None]
 
 
+def row_key(event: Dict[str, Any]) -> Any:
+    """The row's id (its trace and span ids, where it has none): what its versions are kept
+    by. The spec makes them strings; an array or an object is a malformed answer, refused
+    rather than guessed at (no version could be told from another by it)."""
+    for field in ("id", "root_span_id", "span_id"):
+        if isinstance(event.get(field), (list, dict)):
+            raise MalformedAnswer(f"an event's {field} is {kind_of(event[field])}, not a "
+                                  "string; report it to Braintrust")
+    return event.get("id") or (event.get("root_span_id"), event.get("span_id"))
+
+
 def versions(events: Iterable[Any], with_costs: bool = False) -> Iterator[Tuple[Any, int, Part]]:
     """(row id, version, essentials) of each event worth remembering: spans that no record
     shows are not (every version of a task or llm span is one, unless costs are asked for);
@@ -1204,10 +1573,10 @@ def versions(events: Iterable[Any], with_costs: bool = False) -> Iterator[Tuple[
     for event in events:
         if not isinstance(event, dict):
             continue
+        key = row_key(event)
         part = essentials(event, with_costs)
         if part is None and event.get("_object_delete") is not True:
             continue
-        key = event.get("id") or (event.get("root_span_id"), event.get("span_id"))
         yield key, xact_number(event), part
 
 
@@ -1278,12 +1647,13 @@ def open_scratch_database() -> sqlite3.Connection:
     """A SQLite database in a new file in the temporary folder (TMPDIR), unlinked as soon
     as it is open: no exit, not even a kill, can leave it behind. No journal is written
     beside it: a failed run throws the whole database away."""
-    handle, path = tempfile.mkstemp(prefix="braintrust-fetch-", suffix=".sqlite")
-    os.close(handle)
-    try:
-        database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    finally:
-        os.unlink(path)
+    with SIGNALS.held():  # a signal in between would leave the file behind
+        handle, path = tempfile.mkstemp(prefix="braintrust-fetch-", suffix=".sqlite")
+        os.close(handle)
+        try:
+            database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        finally:
+            os.unlink(path)
     for pragma in ("journal_mode = OFF", "synchronous = OFF", "locking_mode = EXCLUSIVE",
                    "cache_size = -4096", "temp_store = FILE"):  # a 4 MiB cache
         database.execute(f"PRAGMA {pragma}")
@@ -1882,32 +2252,59 @@ INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2)
 COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def encode(record: Any, encoder: json.JSONEncoder) -> bytes:
+# What json writes for NaN and the infinities (1e400 parses as one): outside a string,
+# these words are not JSON (RFC 8259), and jq and strict parsers refuse them.
+NOT_JSON = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN')
+
+
+class StrictJson:
+    """Makes what json writes strict JSON: NaN, Infinity and -Infinity become null, and
+    are counted, for one note on stderr. Text without those words is never scanned."""
+
+    def __init__(self) -> None:
+        self.nulls = 0
+
+    def __call__(self, text: str) -> str:
+        if "NaN" not in text and "Infinity" not in text:
+            return text
+        return NOT_JSON.sub(self.null_unless_string, text)
+
+    def null_unless_string(self, match: "re.Match[str]") -> str:
+        if match.group().startswith('"'):
+            return match.group()
+        self.nulls += 1
+        return "null"
+
+
+def encode(record: Any, encoder: json.JSONEncoder,
+           strict: Callable[[str], str] = StrictJson()) -> bytes:
     try:
-        return encoder.encode(record).encode("utf-8")
+        return strict(encoder.encode(record)).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from the API: keep it, as a \u escape
         fallback = json.JSONEncoder(indent=encoder.indent, separators=(encoder.item_separator,
                                                                        encoder.key_separator))
-        return fallback.encode(record).encode("ascii")
+        return strict(fallback.encode(record)).encode("ascii")
 
 
-def render(records: Iterable[Dict[str, Any]], output_format: str) -> Iterator[bytes]:
+def render(records: Iterable[Dict[str, Any]], output_format: str,
+           strict: Callable[[str], str] = StrictJson()) -> Iterator[bytes]:
     """The output, record by record, so no second copy of it is built in memory."""
     if output_format == "jsonl":
         for record in records:
-            yield encode(record, COMPACT) + b"\n"
+            yield encode(record, COMPACT, strict) + b"\n"
         return
     # The same bytes as json.dumps(records, indent=2): JSON strings hold no raw newline,
     # so indenting a record by two more spaces is a plain replace.
     opening = b"[\n  "
     for record in records:
-        yield opening + encode(record, INDENTED).replace(b"\n", b"\n  ")
+        yield opening + encode(record, INDENTED, strict).replace(b"\n", b"\n  ")
         opening = b",\n  "
     yield b"[]\n" if opening == b"[\n  " else b"\n]\n"
 
 
-def render_summary(summary: Dict[str, Any], output_format: str) -> Iterator[bytes]:
-    yield encode(summary, COMPACT if output_format == "jsonl" else INDENTED) + b"\n"
+def render_summary(summary: Dict[str, Any], output_format: str,
+                   strict: Callable[[str], str] = StrictJson()) -> Iterator[bytes]:
+    yield encode(summary, COMPACT if output_format == "jsonl" else INDENTED, strict) + b"\n"
 
 
 def csv_columns(keys: List[str], score_names: Iterable[str]) -> List[str]:
@@ -1923,12 +2320,11 @@ def csv_columns(keys: List[str], score_names: Iterable[str]) -> List[str]:
     return columns
 
 
-def csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
+def csv_cell(value: Any, strict: Callable[[str], str]) -> str:
     if isinstance(value, str):
         return value
-    return COMPACT.encode(value)
+    text = "null" if value is None else strict(COMPACT.encode(value))
+    return "" if text == "null" else text
 
 
 def csv_value(record: Dict[str, Any], column: str) -> Any:
@@ -1939,7 +2335,8 @@ def csv_value(record: Dict[str, Any], column: str) -> Any:
 
 
 def render_csv(cases: Callable[[], Iterable[Dict[str, Any]]], keys: List[str],
-               most: Optional[int]) -> Iterator[bytes]:
+               most: Optional[int], strict: Callable[[str], str] = StrictJson()
+               ) -> Iterator[bytes]:
     """RFC 4180 (the csv module's defaults: quoted when needed, CRLF), UTF-8, a header row.
     The cases are read twice: for the score columns, then for the rows."""
     columns = csv_columns(keys, {name for case in cases() for name in case["scores"]})
@@ -1947,7 +2344,7 @@ def render_csv(cases: Callable[[], Iterable[Dict[str, Any]]], keys: List[str],
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for record in (as_record(case, keys, most) for case in cases()):
-        writer.writerow([csv_cell(csv_value(record, column)) for column in columns])
+        writer.writerow([csv_cell(csv_value(record, column), strict) for column in columns])
         yield buffer.getvalue().encode("utf-8", "backslashreplace")
         buffer.seek(0)
         buffer.truncate()
@@ -2066,9 +2463,12 @@ def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    handle = tempfile.NamedTemporaryFile(
-        "wb", dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp", delete=False)
+    handle = None
     try:
+        with SIGNALS.held():  # a signal now would leave a file that nothing removes
+            handle = tempfile.NamedTemporaryFile(
+                "wb", dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                delete=False)
         with handle:
             for chunk in chunks:
                 handle.write(chunk)
@@ -2077,10 +2477,12 @@ def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
         os.chmod(handle.name, mode)
         os.replace(handle.name, path)
     except BaseException:
-        try:
-            os.unlink(handle.name)
-        except OSError:
-            pass
+        if handle is not None:
+            with SIGNALS.held():
+                try:
+                    os.unlink(handle.name)
+                except OSError:
+                    pass
         raise
 
 
@@ -2136,7 +2538,10 @@ def read_experiment(session: requests.Session, settings: Settings, experiment_id
     try:
         for page, size in fetch_pages(session, settings, experiment_id, args.limit, announce,
                                       label, ahead=not stop_at, note=note):
-            store.add(page, size)
+            try:
+                store.add(page, size)
+            except MalformedAnswer as error:
+                raise MalformedAnswer(f"{label}page {pages + 1}: {error}") from None
             pages += 1
             del page  # before the next page is parsed: one parsed page at a time
             so_far["pages"] = pages
@@ -2249,6 +2654,7 @@ def write_output(args: argparse.Namespace, experiment_id: str,
         if index is not None:  # "missing" counts over every case read, before filters
             compared = (baseline_id, lambda: unread_baseline_cases(
                 index, (case_key(case) for case in store.cases())))
+        strict = StrictJson()
         if args.format == "markdown":
             listing = Listing([], {})
             most = args.truncate or REPORT_PREVIEW
@@ -2257,14 +2663,14 @@ def write_output(args: argparse.Namespace, experiment_id: str,
             chunks = render_markdown(summary, listing)
         elif args.summary:
             chunks = render_summary(summarise(cases(), experiment_id, compared, args.min_drop),
-                                    args.format)
+                                    args.format, strict)
         else:
             keys = record_keys(args)
             if args.format == "csv":
-                chunks = render_csv(cases, keys, args.truncate)
+                chunks = render_csv(cases, keys, args.truncate, strict)
             else:
                 chunks = render((as_record(case, keys, args.truncate) for case in cases()),
-                                args.format)
+                                args.format, strict)
         so_far["writing"] = True
         if args.output:
             write_file(args.output, chunks)
@@ -2272,6 +2678,10 @@ def write_output(args: argparse.Namespace, experiment_id: str,
             write_stdout(chunks)
     finally:
         store.close()
+    if strict.nulls:
+        warn(f"{PROG}: note: {plural(strict.nulls, 'value')} in the experiment "
+             f"{'was' if strict.nulls == 1 else 'were'} NaN or infinite, which JSON cannot "
+             "hold: written as null")
     for line in unmatched_filters(args, known_scores, known_tags):
         warn(line)
     if args.gate is None:
@@ -2286,10 +2696,6 @@ def write_output(args: argparse.Namespace, experiment_id: str,
         on = f" on {', '.join(map(repr, sorted(args.gate)))}" if args.gate else ""
         raise Regressed(f"{gated[1]} of {plural(gated[0], 'record')} regressed{on} against "
                         f"baseline {baseline_id} (--fail-on-regression)")
-
-
-def stop_on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
 
 
 def how_far(so_far: Dict[str, Any], output: Optional[str], existed: bool) -> str:
@@ -2323,17 +2729,16 @@ def fitted(line: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     stderr_is_tty = sys.stderr.isatty()
-    secret = ""
 
     def tell(message: str) -> None:
-        line = redacted(message, secret)
-        sys.stderr.write(("\r\x1b[K" if stderr_is_tty else "") + line + "\n")
+        sys.stderr.write(("\r\x1b[K" if stderr_is_tty else "") + REDACT(message) + "\n")
         sys.stderr.flush()
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    SIGNALS.install()
     so_far: Dict[str, Any] = {"started": time.monotonic()}
     output, existed = None, False
     try:
+        REDACT.add(key_in_sight(dict(os.environ)))  # before any message about the arguments
         args = parse_args(argv)
         output = args.output
         existed = bool(output) and os.path.lexists(output)
@@ -2342,7 +2747,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_OK
         target = parse_target(args.experiment, args.project, args.org)
         settings = read_settings(args, dict(os.environ))
-        secret = settings.key
+        REDACT.add(settings.key)
 
         def overwrite(line: str, done: bool = False) -> None:
             # The last line is ended, so output on the same terminal starts on a line of its own.
@@ -2376,6 +2781,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The reader went away (| head): not an error of ours; silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except RecursionError:  # a value nested deeper than Python's stack: the data, not a bug
+        tell(f"{PROG}: error: the experiment holds a value nested deeper than this Python "
+             f"can handle (about {sys.getrecursionlimit()} levels of arrays or objects)")
+        return EXIT_API
     except sqlite3.Error as error:  # the temporary store: its disk is full, most likely
         tell(f"{PROG}: error: the temporary store in {tempfile.gettempdir()!r} failed "
              f"({error}); free some space there, or point TMPDIR at a folder with more room "
