@@ -51,12 +51,24 @@ def clean_env(**overrides: Optional[str]) -> Dict[str, str]:
     return env
 
 
+FRAGMENT = 8  # characters of a key in a row that count as a leak
+
+
+def key_fragments(key: str) -> List[bytes]:
+    """Every run of FRAGMENT characters of `key` (the key itself when it is shorter)."""
+    if len(key) <= FRAGMENT:
+        return [key.encode()]
+    return [key[start:start + FRAGMENT].encode() for start in range(len(key) - FRAGMENT + 1)]
+
+
 def assert_no_key(*printed: bytes, env: Optional[Dict[str, str]] = None) -> None:
-    """No key a test uses (the fake's, the others, the one in `env`) is in what was printed."""
+    """No key a test uses (the fake's, the others, the one in `env`), nor any 8 characters
+    of one in a row, is in what was printed."""
     keys = {API_KEY, *OTHER_KEYS, (env or {}).get("BRAINTRUST_API_KEY") or API_KEY}
     for output in printed:
         for key in keys:
-            assert key.encode() not in output, f"a key leaked: {key[:8]}..."
+            for fragment in key_fragments(key):
+                assert fragment not in output, f"a key leaked: {fragment[:3]!r}..."
 
 
 def run_on_a_terminal(args, env: Dict[str, str], cwd: Path, stdout: Any = subprocess.PIPE):

@@ -220,6 +220,65 @@ def test_clean_text_redacts_the_secret():
         "token [redacted] rejected"
 
 
+KEY = "sk-test-Zq8vR2mN4pL6xT0wY3bC5dF7gH9jK1"
+
+
+def test_a_cut_that_leaves_the_start_of_a_known_key_redacts_that_start():
+    redact = script.Redactor()
+    redact.add(KEY)
+    assert redact.cut("error: " + KEY[:20] + "…", 20) == "error: [redacted]…"
+    assert redact.cut("error: " + KEY[:3] + "tail", 11) == "error: sk-…"  # under 4: kept
+
+
+def test_a_key_split_by_terminal_escapes_is_redacted_once_they_are_gone():
+    script.REDACT.add(KEY)
+    text = KEY[:10] + "\x1b[0m" + KEY[10:]
+    assert script.clean_text(f"token {text} refused") == "token [redacted] refused"
+
+
+@pytest.mark.parametrize("text", ["sk-A1b2C3d4E5f6G7h8I9j0K1l2M3n4", "bt-st-A1b2C3d4E5f6G7h8I9j0",
+                                  "sk_A1b2C3d4E5f6G7h8I9j0K1l2M3n4"])
+def test_anything_shaped_like_a_braintrust_key_is_redacted(text):
+    assert script.Redactor()(f"unrecognized arguments: {text} x") == (
+        "unrecognized arguments: [redacted] x")
+
+
+@pytest.mark.parametrize("text", ["sk-short", "task-A1b2C3d4E5f6G7h8I9j0K1l2", "0b6c2a4e-5d7f-4e21"])
+def test_what_is_not_shaped_like_a_key_stays(text):
+    assert script.Redactor()(text) == text
+
+
+def test_gzip_members_back_to_back_unpack_as_one_body():
+    import gzip
+    assert script.unpacked(gzip.compress(b"ab") + gzip.compress(b"cd"), 10) == b"abcd"
+
+
+def test_unpacking_past_the_limit_stops_before_making_it_all():
+    import gzip
+    with pytest.raises(script.TooLarge):
+        script.unpacked(gzip.compress(b" " * 10_000_000), 1000)
+
+
+def test_a_truncated_gzip_body_is_an_error_not_a_short_body():
+    import gzip, zlib
+    with pytest.raises(zlib.error):
+        script.unpacked(gzip.compress(b"x" * 1000)[:-10], 10_000)
+
+
+@pytest.mark.parametrize("value, number", [(0.5, True), (10 ** 300, True), (float("nan"), False),
+                                           (float("inf"), False), (-float("inf"), False),
+                                           (10 ** 400, False), (True, False), ("1", False)])
+def test_is_number_means_usable_in_arithmetic(value, number):
+    assert script.is_number(value) is number
+
+
+def test_strict_json_turns_nan_and_infinities_into_null_but_not_inside_strings():
+    strict = script.StrictJson()
+    text = '{"a": NaN, "b": [Infinity, -Infinity], "c": "NaN \\" Infinity", "d": 1}'
+    assert strict(text) == '{"a": null, "b": [null, null], "c": "NaN \\" Infinity", "d": 1}'
+    assert strict.nulls == 3
+
+
 # -- settings -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url, want", [
