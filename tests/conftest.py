@@ -210,7 +210,8 @@ def catalog(fake) -> Catalog:
         current_cases=current_cases,
         baseline_cases=baseline_cases,
         both_cursors=add("a1b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both"),
-        both_held=add("a2b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both", hold=5.0),
+        # Held until the next page is asked for, or 30 s: only a run without overlap waits.
+        both_held=add("a2b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both", hold=30.0),
         decoy_header=add("a3b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both",
                          header_cursor="decoy"),
         odd_headers=add("a4b6c2a4-5d7f-4e21-9c3a-8f1e2d3c4b5a", cursor_in="both",

@@ -5,6 +5,7 @@ here by hand from how the cases were built, not computed by the code under test.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional, Tuple
 
 from traces import DATASET_ID, Ids, deleted, edited_in_ui, eval_trace, root_of
@@ -74,6 +75,52 @@ EDITED = ["edited", "edited_flat"]
 
 def rows_of(cases: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     return [row for rows in cases.values() for row in rows]
+
+
+def as_json(records: List[Dict[str, Any]]) -> bytes:
+    """The bytes of records in the default format: one array indented by two, UTF-8."""
+    return (json.dumps(records, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def is_json_of(data: bytes, records: List[Dict[str, Any]]) -> bool:
+    """`data` holds exactly `records` (as the generator knows them), in the default format
+    (key order within a record aside, which follows the order rows arrive in)."""
+    printed = json.loads(data)
+    return printed == records and data == as_json(printed)
+
+
+# -- paging, as the fake serves it (newest first, `limit` traces a page) -------------------
+
+def pages_of(rows: List[Dict[str, Any]], limit: int) -> List[List[Dict[str, Any]]]:
+    from fake_api import page_of  # the fake's own paging: what the world serves
+    rows = sorted(rows, key=lambda row: int(row["_xact_id"]), reverse=True)
+    pages, offset = [], 0
+    while offset < len(rows):
+        page, offset = page_of(rows, offset, limit)
+        pages.append(page)
+    return pages
+
+
+def live_cases_after(rows: List[Dict[str, Any]], limit: int, pages: int) -> int:
+    """How many cases the first `pages` pages give: rows whose newest version so far is a
+    root (is_root true, or no parents on a row without is_root) and not a deletion."""
+    newest: Dict[str, Dict[str, Any]] = {}
+    for page in pages_of(rows, limit)[:pages]:
+        for row in page:
+            known = newest.get(row["id"])
+            if known is None or int(row["_xact_id"]) > int(known["_xact_id"]):
+                newest[row["id"]] = row
+    return sum(1 for row in newest.values() if not row.get("_object_delete")
+               and row.get("is_root", not row.get("span_parents")))
+
+
+def page_where_root_arrives(rows: List[Dict[str, Any]], limit: int, root_span_id: str) -> int:
+    """The number (from 1) of the page that brings the first version of this trace's root."""
+    for number, page in enumerate(pages_of(rows, limit), 1):
+        if any(row["root_span_id"] == root_span_id and row.get("is_root", not row.get(
+                "span_parents")) for row in page):
+            return number
+    raise ValueError(f"no root of {root_span_id}")
 
 
 def expected_record(cases: Dict[str, List[Dict[str, Any]]], name: str) -> Dict[str, Any]:

@@ -149,6 +149,17 @@ class FakeBraintrust:
     def fetches(self) -> List[Request]:
         return [r for r in self.requests if r.path.endswith("/fetch")]
 
+    def wait_for_fetches(self, count: int, timeout: float) -> bool:
+        """Wait until `count` fetch requests have arrived (an event the client makes, not
+        a poll of the clock); False if `timeout` passes first."""
+        with self.lock:
+            return self.fetch_arrived.wait_for(lambda: len(self.fetches()) >= count, timeout)
+
+    def wait_for_in_flight(self, count: int, timeout: float) -> bool:
+        """Wait until `count` fetch requests are being answered at once."""
+        with self.lock:
+            return self.fetch_arrived.wait_for(lambda: self.in_flight >= count, timeout)
+
     def settle(self, timeout: float = 10) -> None:
         """Wait until every connection's handler has ended: after the client has exited,
         every request it sent whole is then in the log."""
@@ -391,7 +402,8 @@ class Handler(BaseHTTPRequestHandler):
             body = raw
         split = urlsplit(self.path)
         request = Request(self.command, split.path, parse_qs(split.query),
-                          {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                          {k.lower(): v for k, v in self.headers.items()}, body,
+                          time.monotonic())
         self.server.respond(self, request)
 
     do_GET = do_POST = _dispatch

@@ -195,3 +195,18 @@ def serve_pages(*bodies: bytes, **headers: str) -> Behaviour:
 def gzip_bomb(size: int) -> bytes:
     """`size` bytes of JSON-looking nothing, gzipped into about a thousandth of that."""
     return gzip.compress(b'{"events": [' + b" " * (size - 14) + b"]}", compresslevel=9)
+
+
+def serve_by_cursor(bodies: Dict[Optional[str], bytes]) -> Behaviour:
+    """Answer each fetch by the cursor in its JSON body (None: the first page), as a server
+    that pages by cursor does, however the client walks them."""
+    def behave(client: Client, number: int) -> None:
+        while True:
+            request = client.request()
+            if request is None:
+                return
+            _, _, body = request.partition(b"\r\n\r\n")
+            cursor = json.loads(body or b"{}").get("cursor")
+            if not client.send(answer(bodies[cursor])):
+                return
+    return behave

@@ -266,9 +266,9 @@ def summary_of(names, experiment_id):
 
 def test_summary_describes_every_record(run, catalog):
     result = run(catalog.analysis, "--summary")
-    assert result.json() == summary_of(ANALYSIS_ORDER, catalog.analysis)
-    assert result.stdout == (json.dumps(result.json(), indent=2, ensure_ascii=False)
-                             + "\n").encode()
+    expected = summary_of(ANALYSIS_ORDER, catalog.analysis)
+    assert result.json() == expected
+    assert result.stdout == (json.dumps(expected, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def test_summary_describes_exactly_the_records_the_filters_and_max_results_leave(run, catalog):

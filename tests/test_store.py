@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import re
@@ -33,8 +34,22 @@ def spilled(env, tmp_path, when=ON_DISK):
     return dict(env, BRAINTRUST_SPILL_MB=when, TMPDIR=str(scratch))
 
 
+def root_trace(rows):
+    return experiments.root_of(rows)["root_span_id"]
+
+
 def by_input(records):
     return {record["input"]: record for record in records}
+
+
+def generator_records(catalog, experiment):
+    """The default records an experiment of the catalog must give, from how it was built."""
+    if experiment == catalog.rich:
+        return rich_records(catalog)
+    if experiment == catalog.versions:
+        return experiments.versions_records(catalog.versions_cases)
+    return [experiments.analysis_record(catalog.analysis_cases, name)
+            for name in experiments.ANALYSIS_ORDER]
 
 
 @pytest.mark.parametrize("when", [ON_DISK, HALF_WAY])
@@ -89,6 +104,9 @@ def test_every_output_is_byte_for_byte_the_same_from_disk_as_from_memory(
         on_disk = run(experiment, "--limit", "2", *args, env=spilled(env, tmp_path))
         assert (in_memory.code, on_disk.code) == (0, 0), on_disk.stderr
         assert on_disk.stdout == in_memory.stdout
+        if args == ["--format", "jsonl"]:  # and both are what the experiment holds
+            assert [json.loads(line) for line in on_disk.stdout.splitlines()] == \
+                generator_records(catalog, experiment)
 
 
 def test_on_disk_metrics_add_up_a_trace_whose_spans_arrive_on_different_pages(
@@ -96,6 +114,8 @@ def test_on_disk_metrics_add_up_a_trace_whose_spans_arrive_on_different_pages(
     records = run(catalog.analysis, "--limit", "1", "--include", "metrics",
                   env=spilled(env, tmp_path)).json()
     assert records == run(catalog.analysis, "--limit", "1000", "--include", "metrics").json()
+    assert [record["metrics"] for record in records] == [
+        experiments.ANALYSIS_TRUTH[name]["metrics"] for name in experiments.ANALYSIS_ORDER]
     assert any(record["metrics"]["llm_calls"] > 1 for record in records)
 
 
@@ -108,6 +128,11 @@ def test_on_disk_the_baseline_comparison_is_the_same(run, env, catalog, tmp_path
     assert on_disk.stdout == in_memory.stdout
     if args == ["--summary"]:
         assert on_disk.json()["missing"] == experiments.PAIR_MISSING
+    if args == []:  # and both are what the two experiments hold
+        statuses = {record["root_span_id"]: record["status"] for record in on_disk.json()}
+        assert statuses == {
+            root_trace(catalog.current_cases[name]): experiments.PAIR_TRUTH[name]["status"]
+            for name in experiments.PAIR_ORDER}
 
 
 def test_csv_from_disk_has_every_score_column_of_the_records(run, env, catalog, tmp_path):
@@ -140,12 +165,9 @@ def start_held_run(api, env, catalog, tmp_path, *args):
     process = subprocess.Popen([sys.executable, str(SCRIPT), catalog.rich, "--limit", "3",
                                 *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    deadline = time.time() + 20
-    held = []
-    while not held and time.time() < deadline:
-        time.sleep(0.05)
-        held = open_files_in(process.pid, tmp_path / "scratch")
-    return process, held
+    # Page 2 is asked for once page 1 is in the store (no page is asked ahead here).
+    assert api.wait_for_fetches(2, timeout=30)
+    return process, open_files_in(process.pid, tmp_path / "scratch")
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
@@ -164,9 +186,10 @@ def test_the_store_lives_in_tmpdir_and_is_gone_after_a_signal(api, env, catalog,
     assert_no_key(stdout, stderr)
     assert (process.returncode, stdout) == (code, b"")
     [line] = stderr.decode().splitlines()
-    assert re.fullmatch(rf"fetch_experiment_results.py: {word} after 1 page of the experiment "
-                        rf"\(\d+ records? so far\); {re.escape(repr(str(target)))} is unchanged",
-                        line), line
+    so_far = experiments.live_cases_after(api.experiments[catalog.rich].rows, 3, 1)
+    assert line == (f"fetch_experiment_results.py: {word} after 1 page of the experiment "
+                    f"({so_far} record{'' if so_far == 1 else 's'} so far); "
+                    f"{str(target)!r} is unchanged")
     assert list((tmp_path / "scratch").iterdir()) == []
     assert target.read_bytes() == b"previous results\n"
 
