@@ -371,10 +371,12 @@ PAIR_TRUTH: Dict[str, Dict[str, Any]] = {
     "one_side_score": {"baseline": {"Exact Match": 1.0}, "count": 1,
                        "first": "one_side_score#0", "diff": {"Exact Match": 0.0},
                        "status": "unchanged"},
+    # A score that was a number in the baseline and is none now is lost: a regression.
     "disjoint_scores": {"baseline": {"Accuracy": 1.0}, "count": 1,
-                        "first": "disjoint_scores#0", "diff": {}, "status": "unchanged"},
+                        "first": "disjoint_scores#0", "diff": {}, "lost": ["Accuracy"],
+                        "status": "regressed"},
     "null_score": {"baseline": {"Exact Match": 1.0}, "count": 1, "first": "null_score#0",
-                   "diff": {}, "status": "unchanged"},
+                   "diff": {}, "lost": ["Exact Match"], "status": "regressed"},
     "baseline_deleted": {"baseline": None, "diff": {}, "status": "new"},
 }
 PAIR_MISSING = 1  # "missing": only in the baseline (the deleted baseline row is no record)

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import statistics
 from urllib.parse import quote
 
 import pytest
@@ -20,14 +21,19 @@ def comparison(catalog, name, truncate=None):
     """What case `name` of the candidate gains, from the truth."""
     truth = PAIR_TRUTH[name]
     if truth["baseline"] is None:
-        return {"baseline": None, "diff": {}, "status": "new"}
+        return {"baseline": None, "diff": {}, "lost_scores": [], "new_error": False,
+                "status": "new"}
     first = root_of(catalog.baseline_cases[truth["first"]])
     output = first["output"]
     if truncate is not None and len(output) > truncate:
         output = f"{output[:truncate]}…[+{len(output) - truncate} chars]"
     return {"baseline": {"root_span_id": first["root_span_id"], "output": output,
                          "scores": truth["baseline"], "count": truth["count"]},
-            "diff": truth["diff"], "status": truth["status"]}
+            "diff": truth["diff"], "lost_scores": truth.get("lost", []), "new_error": False,
+            "status": truth["status"]}
+
+
+COMPARED = ["baseline", "diff", "lost_scores", "new_error", "status"]
 
 
 def names_of(records, catalog):
@@ -49,9 +55,9 @@ def link(name):
 def test_each_record_gains_its_baseline_the_score_diffs_and_a_status(run, catalog):
     records = run(catalog.current, "--baseline", catalog.baseline).json()
     assert names_of(records, catalog) == PAIR_ORDER
-    assert [{key: r[key] for key in ("baseline", "diff", "status")} for r in records] == [
+    assert [{key: r[key] for key in COMPARED} for r in records] == [
         comparison(catalog, name) for name in PAIR_ORDER]
-    assert all(list(r) == STANDARD + ["baseline", "diff", "status"] for r in records)
+    assert all(list(r) == STANDARD + COMPARED for r in records)
 
 
 def test_diff_names_are_sorted(run, catalog):
@@ -62,7 +68,7 @@ def test_diff_names_are_sorted(run, catalog):
 
 def test_the_comparison_comes_after_included_fields(run, catalog):
     records = run(catalog.current, "--baseline", catalog.baseline, "--include", "id").json()
-    assert list(records[0]) == STANDARD + ["id", "baseline", "diff", "status"]
+    assert list(records[0]) == STANDARD + ["id", *COMPARED]
 
 
 def test_truncate_also_shortens_the_baselines_output(run, catalog):
@@ -155,7 +161,8 @@ def test_regressions_only_combines_with_filters_and_max_results(run, catalog):
     assert names_of(records, catalog) == ["regressed"]
     records = run(catalog.current, "--baseline", catalog.baseline, "--regressions-only",
                   "--max-results", "1").json()
-    assert names_of(records, catalog) == ["trials"]
+    first = next(n for n in PAIR_ORDER if PAIR_TRUTH[n]["status"] == "regressed")
+    assert names_of(records, catalog) == [first] == ["null_score"]
 
 
 # -- --summary ----------------------------------------------------------------------------
@@ -167,23 +174,34 @@ def test_summary_with_a_baseline_counts_matches_and_compares_each_score(run, cat
             summary["missing"]) == (
         catalog.baseline, sum(t["baseline"] is not None for t in truths.values()),
         sum(t["baseline"] is None for t in truths.values()), PAIR_MISSING)
+    statuses = [t["status"] for t in truths.values()]
+    assert {key: summary[key] for key in ("regressed", "improved", "unchanged", "new_errors")} \
+        == {"regressed": statuses.count("regressed"), "improved": statuses.count("improved"),
+            "unchanged": statuses.count("unchanged"), "new_errors": 0}
     for score in ("Accuracy", "Exact Match"):
-        base = [t["baseline"][score] for t in truths.values()
-                if t["baseline"] and score in t["baseline"]]
+        # The paired figures: over the cases with a number on both sides, and only those.
+        pairs = [(t["baseline"][score] + t["diff"][score], t["baseline"][score])
+                 for t in truths.values() if score in t["diff"]]
         diffs = [t["diff"][score] for t in truths.values() if score in t["diff"]]
-        assert {key: summary["scores"][score][key] for key in (
-            "baseline_mean", "diff_mean", "improvements", "regressions")} == {
-            "baseline_mean": pytest.approx(sum(base) / len(base), abs=1e-12),
-            "diff_mean": pytest.approx(sum(diffs) / len(diffs), abs=1e-12),
+        figures = summary["scores"][score]
+        assert {key: figures[key] for key in ("improvements", "regressions", "lost")} == {
             "improvements": sum(d > 1e-9 for d in diffs),
-            "regressions": sum(d < -1e-9 for d in diffs)}
+            "regressions": sum(d < -1e-9 for d in diffs),
+            "lost": sum(score in t.get("lost", []) for t in truths.values())}
+        paired = figures["paired"]
+        assert paired["n"] == len(pairs)
+        assert paired["mean"] == pytest.approx(statistics.mean(now for now, _ in pairs))
+        assert paired["baseline_mean"] == pytest.approx(
+            statistics.mean(then for _, then in pairs))
+        assert paired["diff_mean"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
 
 
 def test_missing_counts_every_record_read_not_only_those_the_filters_keep(run, catalog):
     summary = run(catalog.current, "--baseline", catalog.baseline, "--summary",
                   "--regressions-only").json()
+    regressed = sum(PAIR_TRUTH[name]["status"] == "regressed" for name in PAIR_ORDER)
     assert (summary["records"], summary["matched"], summary["new"], summary["missing"]) == (
-        2, 2, 0, PAIR_MISSING)
+        regressed, regressed, 0, PAIR_MISSING)
 
 
 def test_a_summary_without_a_baseline_has_no_comparison_keys(run, catalog):

@@ -62,8 +62,11 @@ def test_the_t_quantile_tends_to_the_normal_one():
 
 
 def pairs_case(now, then, name="s"):
+    change = now - then
     return {"scores": {name: now}, "baseline": {"scores": {name: then}},
-            "diff": {name: now - then}, "error": None, "edited": False,
+            "diff": {name: change}, "lost_scores": [], "new_error": False,
+            "status": ("regressed" if change < -1e-9 else "improved" if change > 1e-9
+                       else "unchanged"), "error": None, "edited": False,
             "metrics": {"duration": None, "llm_calls": 0, "prompt_tokens": 0,
                         "completion_tokens": 0, "tokens": 0}}
 
@@ -113,13 +116,17 @@ def test_no_change_gives_an_interval_around_0_and_p_1():
     assert (got["ci95"], got["p_value"]) == ([0.0, 0.0], 1.0)
 
 
-@pytest.mark.parametrize("count", [0, 1])
-def test_fewer_than_2_pairs_give_nulls(count):
-    cases = [pairs_case(1.0, 0.0) for _ in range(count)]
-    if not cases:  # the score shows on the run's side only
-        cases = [dict(pairs_case(1.0, 0.0), baseline=None, diff={})]
-    assert paired_of(cases) == {"n": count, "mean": None, "baseline_mean": None,
+def test_no_pair_gives_nulls():
+    # The score shows on the run's side only.
+    cases = [dict(pairs_case(1.0, 0.0), baseline=None, diff={}, status="new")]
+    assert paired_of(cases) == {"n": 0, "mean": None, "baseline_mean": None,
                                 "diff_mean": None, "ci95": None, "p_value": None}
+
+
+def test_one_pair_gives_its_means_and_no_interval_or_p_value():
+    assert paired_of([pairs_case(1.0, 0.25)]) == {"n": 1, "mean": 1.0, "baseline_mean": 0.25,
+                                                  "diff_mean": 0.75, "ci95": None,
+                                                  "p_value": None}
 
 
 # -- in --summary, end to end ----------------------------------------------------------------
@@ -156,10 +163,23 @@ def gate(run, catalog, tmp_path, *args):
     return result, target
 
 
-def regressed_names(min_drop=0.0):
+def fell_names(min_drop=0.0, score=None):
+    """The cases of the pair where a score (or `score`) fell by min_drop or more."""
     return sorted(name for name in PAIR_ORDER
                   if any(d < -1e-9 and -d >= min_drop - 1e-9
-                         for d in PAIR_TRUTH[name]["diff"].values()))
+                         for s, d in PAIR_TRUTH[name]["diff"].items() if score in (None, s)))
+
+
+def regressed_names(min_drop=0.0):
+    """Those, and the cases that lost a score (whatever --min-drop says)."""
+    return sorted({*fell_names(min_drop), *(name for name in PAIR_ORDER
+                                            if PAIR_TRUTH[name].get("lost"))})
+
+
+def missing_line(catalog):
+    record_id = experiments.root_of(catalog.baseline_cases["missing#0"])["origin"]["id"]
+    return (f"1 baseline case missing from the run (e.g. dataset record {record_id}; "
+            "--allow-missing accepts a run on a subset)")
 
 
 def test_a_regression_exits_3_after_writing_the_output(run, catalog, tmp_path):
@@ -168,15 +188,29 @@ def test_a_regression_exits_3_after_writing_the_output(run, catalog, tmp_path):
     assert len(json.loads(target.read_bytes())) == len(PAIR_ORDER)
     assert result.stderr.splitlines() == [
         f"fetch_experiment_results.py: {len(regressed_names())} of {len(PAIR_ORDER)} records "
-        f"regressed against baseline {catalog.baseline} (--fail-on-regression)"]
+        f"regressed against baseline {catalog.baseline} (--fail-on-regression); "
+        + missing_line(catalog)]
 
 
 def test_no_regression_on_the_gated_score_exits_0_after_writing_the_output(run, catalog,
                                                                           tmp_path):
-    # Accuracy only rose or held: the Exact Match regressions do not count.
-    result, target = gate(run, catalog, tmp_path, "--fail-on-regression", "Accuracy")
+    # Of the cases scored on Accuracy, none fell or lost it: the others' falls do not count.
+    result, target = gate(run, catalog, tmp_path, "--fail-on-regression", "Accuracy",
+                          "--score", "Accuracy>=0", "--allow-missing")
     assert (result.code, result.stderr) == (0, "")
-    assert len(json.loads(target.read_bytes())) == len(PAIR_ORDER)
+    assert len(json.loads(target.read_bytes())) == sum(
+        "Accuracy" in PAIR_TRUTH[name]["diff"] or name == "one_side_score"
+        for name in PAIR_ORDER)
+
+
+def test_a_lost_gated_score_fails_the_gate(run, catalog, tmp_path):
+    # disjoint_scores has Accuracy in its baseline, and none now.
+    result, _ = gate(run, catalog, tmp_path, "--fail-on-regression", "Accuracy",
+                     "--allow-missing")
+    assert result.code == 3
+    assert result.stderr == (f"fetch_experiment_results.py: 1 of {len(PAIR_ORDER)} records "
+                             f"regressed on 'Accuracy' against baseline {catalog.baseline} "
+                             "(--fail-on-regression)\n")
 
 
 def test_the_gate_is_repeatable_and_fails_on_any_score_named(run, catalog, tmp_path):
@@ -187,7 +221,7 @@ def test_the_gate_is_repeatable_and_fails_on_any_score_named(run, catalog, tmp_p
 
 def test_the_gate_judges_the_records_the_filters_leave(run, catalog, tmp_path):
     result, target = gate(run, catalog, tmp_path, "--fail-on-regression", "--score",
-                          "Exact Match>=1")
+                          "Exact Match>=1", "--allow-missing")
     assert result.code == 0
     assert all(r["status"] != "regressed" for r in json.loads(target.read_bytes()))
 
@@ -210,9 +244,13 @@ def test_min_drop_sets_what_counts_as_a_regression_in_status_summary_and_gate(
                   if r["status"] == "regressed") == regressed_names(float(drop))
     summary = run(catalog.current, "--baseline", catalog.baseline, "--min-drop", drop,
                   "--summary").json()
-    assert summary["scores"]["Exact Match"]["regressions"] == len(regressed_names(float(drop)))
-    result, _ = gate(run, catalog, tmp_path, "--fail-on-regression", "--min-drop", drop)
-    assert result.code == (3 if regressed_names(float(drop)) else 0)
+    assert summary["scores"]["Exact Match"]["regressions"] == len(
+        fell_names(float(drop), "Exact Match"))
+    result, _ = gate(run, catalog, tmp_path, "--fail-on-regression", "Exact Match",
+                     "--min-drop", drop, "--allow-missing")
+    lost = [name for name in PAIR_ORDER if "Exact Match" in PAIR_TRUTH[name].get("lost", [])]
+    assert lost == ["null_score"]  # a lost score fails the gate whatever --min-drop says
+    assert result.code == 3
 
 
 @pytest.mark.parametrize("args", [["--fail-on-regression"], ["--min-drop", "0.1"]])
@@ -289,11 +327,11 @@ def test_the_report_with_a_baseline_is_well_formed_tables_with_hostile_strings(
     scores, cases = table_rows(report)
     assert_well_formed([scores, cases])
     assert [cell.strip() for cell in scores[0]] == [
-        "score", "pairs", "mean", "baseline", "diff", "95% CI", "p (sign test)", "regressed",
-        "improved"]
+        "score", "pairs", "paired mean", "baseline", "diff", "95% CI", "p (sign test)", "fell",
+        "lost", "rose"]
     assert [cell.strip() for cell in scores[2]] == [
         r"Pipe \| score\`", str(HOSTILE_CASES), "0", "1", "-1", "[-1, -1]",
-        f"{sign_test_by_pascal(0, HOSTILE_CASES):.4g}", str(HOSTILE_CASES), "0"]
+        f"{sign_test_by_pascal(0, HOSTILE_CASES):.4g}", str(HOSTILE_CASES), "0", "0"]
     assert len(cases) == 2 + 20
     assert lines[-1] == f"…and {HOSTILE_CASES - 20} more."
     assert "\x1b" not in report and "<b>" not in report

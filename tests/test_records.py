@@ -377,7 +377,7 @@ def test_record_keys_put_include_then_the_comparison_then_edited_last():
                               "--edited-only"])
     assert script.record_keys(args) == [
         "root_span_id", "input", "output", "expected", "metadata", "scores", "origin",
-        "id", "error", "baseline", "diff", "status", "edited"]
+        "id", "error", "baseline", "diff", "lost_scores", "new_error", "status", "edited"]
 
 
 def test_llm_costs_count_only_numbers_and_errors_count_on_any_span():
@@ -390,9 +390,9 @@ def test_llm_costs_count_only_numbers_and_errors_count_on_any_span():
 
 # -- baseline (issue 10) ----------------------------------------------------------------------
 
-def case(input="q", origin=None, scores=None, output="o", trace="t"):
+def case(input="q", origin=None, scores=None, output="o", trace="t", error=None):
     return {"root_span_id": trace, "input": input, "output": output, "origin": origin,
-            "scores": scores or {}}
+            "scores": scores or {}, "error": error}
 
 
 def test_the_key_is_the_dataset_record_else_the_input_with_sorted_keys():
@@ -402,8 +402,8 @@ def test_the_key_is_the_dataset_record_else_the_input_with_sorted_keys():
     assert script.case_key(case("r1")) != script.case_key(case(origin=by_row))
 
 
-def trial(scores, trace="t", output="o"):
-    return (trace, output, scores)
+def trial(scores, trace="t", output="o", errored=False):
+    return (trace, output, scores, errored)
 
 
 def test_trials_of_the_baseline_average_per_score_and_keep_the_first():
@@ -412,7 +412,8 @@ def test_trials_of_the_baseline_average_per_score_and_keep_the_first():
     assert script.comparison(case(scores={"a": 0.5, "c": 0.5}), found) == {
         "baseline": {"root_span_id": "first", "output": "o",
                      "scores": {"a": 0.5, "c": 0.5}, "count": 2},
-        "diff": {"a": 0.0, "c": 0.0}, "status": "unchanged"}
+        "diff": {"a": 0.0, "c": 0.0}, "lost_scores": [], "new_error": False,
+        "status": "unchanged"}
 
 
 @pytest.mark.parametrize("now, status", [(0.5 - 2e-9, "regressed"), (0.5 - 1e-10, "unchanged"),
@@ -435,7 +436,34 @@ def test_one_regressed_score_outweighs_improved_ones():
 
 
 def test_an_unmatched_case_is_new():
-    assert script.comparison(case("q"), None) == {"baseline": None, "diff": {}, "status": "new"}
+    assert script.comparison(case("q"), None) == {"baseline": None, "diff": {},
+                                                  "lost_scores": [], "new_error": False,
+                                                  "status": "new"}
+
+
+@pytest.mark.parametrize("now", [{}, {"a": None}, {"a": float("nan")}, {"a": "1"}])
+def test_a_score_that_was_a_number_and_is_none_now_is_lost_and_a_regression(now):
+    found = script.baseline_case([trial({"a": 1.0, "b": 0.5})])
+    compared = script.comparison(case(scores={**now, "b": 0.9}), found)
+    assert (compared["lost_scores"], compared["diff"], compared["status"]) == (
+        ["a"], {"b": pytest.approx(0.4)}, "regressed")
+
+
+def test_an_error_the_baseline_did_not_raise_is_a_regression_whatever_the_scores():
+    found = script.baseline_case([trial({"a": 1.0})])
+    compared = script.comparison(case(scores={"a": 1.0}, error="boom"), found)
+    assert (compared["new_error"], compared["status"]) == (True, "regressed")
+
+
+def test_an_error_the_baseline_raised_too_is_no_new_error():
+    found = script.baseline_case([trial({"a": 1.0}, errored=True)])
+    compared = script.comparison(case(scores={"a": 1.0}, error="boom"), found)
+    assert (compared["new_error"], compared["status"]) == (False, "unchanged")
+
+
+def test_an_error_is_new_when_any_baseline_trial_ran_clean():
+    found = script.baseline_case([trial({"a": 1.0}, errored=True), trial({"a": 1.0})])
+    assert script.comparison(case(scores={"a": 1.0}, error="x"), found)["new_error"] is True
 
 
 # -- paging: where the next cursor travels (issue 8) --------------------------------------------

@@ -154,7 +154,7 @@ def gate_pair(fake):
 
 def test_the_gate_counts_a_case_that_fell_on_two_scores_as_one_record(run, gate_pair, tmp_path):
     current, baseline = gate_pair
-    result = run(current, "--baseline", baseline, "--fail-on-regression",
+    result = run(current, "--baseline", baseline, "--fail-on-regression", "--allow-missing",
                  "--output", str(tmp_path / "r.json"))
     assert result.code == 3
     assert result.stderr == (f"{PROG}: 1 of 2 records regressed against baseline {baseline} "
@@ -168,8 +168,8 @@ def test_missing_counts_baseline_cases_not_their_trials(run, gate_pair):
 
 
 def test_unread_baseline_cases_counts_keys_not_rows():
-    cases = [{"origin": None, "input": name, "root_span_id": n, "output": None, "scores": {}}
-             for n, name in enumerate(["gone", "gone", "held"])]
+    cases = [{"origin": None, "input": name, "root_span_id": n, "output": None, "scores": {},
+              "error": None} for n, name in enumerate(["gone", "gone", "held"])]
     index = script.index_baseline(cases)
     try:
         assert script.unread_baseline_cases(index, [("input", '"held"')]) == 1
@@ -181,7 +181,7 @@ def test_unread_baseline_cases_counts_keys_not_rows():
 
 def test_a_fall_equal_to_min_drop_regresses_though_floats_make_it_a_hair_smaller():
     assert 0.5 - 0.45 < 0.05  # the float noise the rule must look past
-    case = {"scores": {"Accuracy": 0.45}, "root_span_id": "r", "output": None}
+    case = {"scores": {"Accuracy": 0.45}, "root_span_id": "r", "output": None, "error": None}
     found = script.BaselineCase("b", None, {"Accuracy": 0.5}, {"Accuracy": 1}, 1)
     assert script.comparison(case, found, min_drop=0.05)["status"] == "regressed"
     assert script.comparison(case, found, min_drop=0.06)["status"] == "unchanged"

@@ -9,7 +9,7 @@ The data flows top to bottom: settings (key, URL, arguments) -> HTTP session -> 
 events to records (pure functions) -> the store of newest versions (a dict, then a
 temporary SQLite file: memory stays flat at any size) -> analysis: filters, baseline,
 summary, statistics -> records -> output -> main. Stdout carries only the data; every
-message goes to stderr. Exit codes: 0 done, 1 the API or the network failed, 2 bad arguments or settings, 3 a regression
+message goes to stderr. Exit codes: 0 done, 1 the API or the network failed, 2 bad arguments or settings, 3 the gate failed
 (--fail-on-regression), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
@@ -40,12 +40,13 @@ import unicodedata
 import urllib.parse
 import uuid
 import zlib
+from xml.sax import saxutils
 from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from fractions import Fraction
 from itertools import islice
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
-                    Tuple, Union)
+from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple,
+                    Optional, Tuple, Union)
 
 try:
     import requests
@@ -80,6 +81,7 @@ DEFAULT_DEADLINE = 300.0  # seconds one request may take, first byte sent to las
 DEFAULT_SPILL_MB = 48  # megabytes of pages handled in memory before rows move to disk
 DEFAULT_MAX_PAGE_MB = 512  # megabytes one answer may hold, unpacked: far above any real page
 MAX_REDIRECTS = 10
+GATE_MODES = ("cases", "mean", "significant")  # what --gate may say fails the gate
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 RETRY_AFTER_CAP = 60.0
 SERVER_TEXT_LIMIT = 300  # characters of a server's words shown in a message
@@ -99,6 +101,10 @@ class ApiError(Exception):
 
 class MalformedAnswer(ApiError):
     """The API's answer is JSON, but not in the shape the spec gives: exit 1, naming what."""
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 class Terminated(BaseException):
@@ -261,7 +267,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         f"before the rows move to a temporary file in TMPDIR ({DEFAULT_SPILL_MB}). "
         "Filters combine with AND; --max-results counts after them. "
         "Exit codes: 0 done, 1 the API or network failed, 2 bad arguments or settings, "
-        "3 a regression with --fail-on-regression, 130 interrupted, 143 terminated.",
+        "3 the gate of --fail-on-regression failed, 130 interrupted, 143 terminated.",
     )
     parser.add_argument("experiment", metavar="EXPERIMENT", nargs="?",
                         help="experiment id, experiment link, or name (with --project)")
@@ -297,6 +303,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         metavar="SCORE",
                         help="with --baseline: write the output, then exit 3 if a record "
                         "printed regressed (on SCORE only, when given; repeatable)")
+    parser.add_argument("--gate", dest="gate_mode", choices=GATE_MODES, default="cases",
+                        help="with --fail-on-regression, what fails it: cases (default: any "
+                        "record printed regressed), mean (a gated score's paired mean fell by "
+                        "--min-drop or more) or significant (it fell beyond its 95%% "
+                        "interval); a lost score, a new error or a missing case fails it in "
+                        "every mode")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="with --fail-on-regression: baseline cases that the run does not "
+                        "have do not fail the gate (a run on a subset)")
     parser.add_argument("--min-drop", type=score_drop, default=0.0, metavar="X",
                         help="with --baseline: a score must fall by at least X to count as a "
                         "regression, in status, the summary and the gate (default: any fall "
@@ -306,11 +321,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "characters, marked with …[+K chars]")
     parser.add_argument("--summary", action="store_true",
                         help="print one JSON object describing the records instead of them")
-    parser.add_argument("--format", choices=("json", "jsonl", "csv", "markdown"),
+    parser.add_argument("--format", choices=("json", "jsonl", "csv", "markdown", "junit"),
                         default="json",
                         help="json: one indented array (default); jsonl: one record per line; "
                         "csv: a header row, then one row per record; markdown: a report (counts, "
-                        "a table of scores, the regressed or errored cases) for a pull request")
+                        "a table of scores, the regressed or errored cases) for a pull request; "
+                        "junit: JUnit XML, a testcase per record, for CI")
     parser.add_argument("--schema", action="store_true",
                         help="print the JSON Schema of one record (of the summary, with "
                         "--summary) for the other flags given, and exit: no key or network")
@@ -332,12 +348,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         ("--min-drop", args.min_drop > 0)):
         if given and args.baseline is None:
             raise UsageError(f"{flag} needs --baseline EXPERIMENT (or --baseline auto)")
+    for flag, given in (("--gate", args.gate_mode != "cases"),
+                        ("--allow-missing", args.allow_missing)):
+        if given and args.fail_on_regression is None:
+            raise UsageError(f"{flag} goes with --fail-on-regression (and --baseline)")
     if args.summary and args.format == "csv":
         raise UsageError("--summary prints one JSON object: use --format json or jsonl with it")
-    if args.summary and args.format == "markdown":
-        raise UsageError("--format markdown is already a summary: leave out --summary")
-    if args.schema and args.format == "markdown":
-        raise UsageError("--schema describes JSON records: markdown is a report, with no schema")
+    if args.summary and args.format in ("markdown", "junit"):
+        raise UsageError(f"--format {args.format} is already a summary: leave out --summary")
+    if args.schema and args.format in ("markdown", "junit"):
+        raise UsageError(f"--schema describes JSON records: {args.format} is a report, with "
+                         "no JSON schema")
     # The gate: None, none asked; an empty set, a regression on any score; else on these.
     args.gate = None
     if args.fail_on_regression is not None:
@@ -1851,19 +1872,22 @@ class BaselineCase(NamedTuple):
     score_sums: Dict[str, float]
     score_counts: Dict[str, int]
     count: int
+    errors: int = 0  # trials whose root raised an error
 
 
-def baseline_case(trials: Iterable[Tuple[Any, Any, Dict[str, Any]]]) -> BaselineCase:
-    """The baseline cases (root_span_id, output, scores) that share a key, as one: the first
-    one's id and output, and per score name a sum and a count for the mean."""
+def baseline_case(trials: Iterable[Tuple[Any, ...]]) -> BaselineCase:
+    """The baseline cases (root_span_id, output, scores[, whether it raised an error]) that
+    share a key, as one: the first one's id and output, per score name a sum and a count
+    for the mean, and how many raised an error."""
     found = None
-    for root_span_id, output, scores in trials:
+    for root_span_id, output, scores, *errored in trials:
         found = found or BaselineCase(root_span_id, output, {}, {}, 0)
         for name, value in scores.items():
             if is_number(value):
                 found.score_sums[name] = found.score_sums.get(name, 0) + value
                 found.score_counts[name] = found.score_counts.get(name, 0) + 1
-        found = found._replace(count=found.count + 1)
+        found = found._replace(count=found.count + 1,
+                               errors=found.errors + bool(errored and errored[0]))
     assert found is not None, "a baseline case has at least one trial"
     return found
 
@@ -1879,14 +1903,20 @@ def is_regression(change: float, min_drop: float = 0.0) -> bool:
 
 def comparison(case: Dict[str, Any], found: Optional[BaselineCase], min_drop: float = 0.0
                ) -> Dict[str, Any]:
-    """What a case gains with --baseline: the matched baseline, the score diffs, a status."""
+    """What a case gains with --baseline: the matched baseline, the score diffs, the scores
+    it lost (a number in the baseline, none now), whether it raised an error its baseline
+    did not, and a status. Worse in kind (a lost score, a new error) is a regression too:
+    a crashed or unscored case must never pass for unchanged."""
     if found is None:
-        return {"baseline": None, "diff": {}, "status": "new"}
+        return {"baseline": None, "diff": {}, "lost_scores": [], "new_error": False,
+                "status": "new"}
     scores = {name: found.score_sums[name] / found.score_counts[name]
               for name in found.score_sums}
     diff = {name: case["scores"][name] - scores[name] for name in sorted(scores)
             if is_number(case["scores"].get(name))}
-    if any(is_regression(change, min_drop) for change in diff.values()):
+    lost = [name for name in sorted(scores) if name not in diff]
+    new_error = case["error"] is not None and found.errors < found.count
+    if lost or new_error or any(is_regression(change, min_drop) for change in diff.values()):
         status = "regressed"
     elif any(change > CHANGE for change in diff.values()):
         status = "improved"
@@ -1894,7 +1924,17 @@ def comparison(case: Dict[str, Any], found: Optional[BaselineCase], min_drop: fl
         status = "unchanged"
     return {"baseline": {"root_span_id": found.root_span_id, "output": found.output,
                          "scores": scores, "count": found.count},
-            "diff": diff, "status": status}
+            "diff": diff, "lost_scores": lost, "new_error": new_error, "status": status}
+
+
+def regressed_on(case: Dict[str, Any], scores: Optional[FrozenSet[str]], min_drop: float
+                 ) -> bool:
+    """Whether a compared case regressed on these scores (None: on any): one fell, or was
+    lost; or it raised an error its baseline did not, which counts whatever the scores."""
+    def gated(name: str) -> bool:
+        return scores is None or name in scores
+    return case["new_error"] or any(gated(name) for name in case["lost_scores"]) or any(
+        gated(name) and is_regression(change, min_drop) for name, change in case["diff"].items())
 
 
 # The baseline's cases by key, in a scratch database, so a baseline of any size costs no
@@ -1906,8 +1946,8 @@ def index_baseline(cases: Iterable[Dict[str, Any]]) -> sqlite3.Connection:
                      "trial BLOB NOT NULL, read INTEGER NOT NULL DEFAULT 0)")
     database.execute("BEGIN")
     database.executemany("INSERT INTO baseline (key, trial) VALUES (?, ?)", (
-        (stored_text(case_key(case)),
-         marshal.dumps((case["root_span_id"], case["output"], case["scores"])))
+        (stored_text(case_key(case)), marshal.dumps(
+            (case["root_span_id"], case["output"], case["scores"], case["error"] is not None)))
         for case in cases))
     database.execute("COMMIT")
     database.execute("CREATE INDEX by_key ON baseline (key)")
@@ -1930,6 +1970,18 @@ def unread_baseline_cases(database: sqlite3.Connection, read: Iterable[Tuple[str
     # Grouped along the index on key: COUNT(DISTINCT) would sort in a temporary b-tree.
     return database.execute("SELECT COUNT(*) FROM (SELECT key FROM baseline GROUP BY key "
                             "HAVING MAX(read) = 0)").fetchone()[0]
+
+
+def unread_examples(database: sqlite3.Connection, most: int = 3) -> List[str]:
+    """A few baseline cases that unread_baseline_cases counted, each as its key says it:
+    its dataset record id, or the start of its input."""
+    examples = []
+    for key, in database.execute("SELECT key FROM baseline GROUP BY key HAVING MAX(read) = 0 "
+                                 "ORDER BY MIN(seq) LIMIT ?", (most,)):
+        kind, value = json.loads(key[1:])
+        examples.append(f"dataset record {value}" if kind == "dataset_record_id"
+                        else f"input {value if len(value) <= 60 else value[:59] + '…'}")
+    return examples
 
 
 # Paired statistics (--summary with --baseline): a t interval of the mean difference, as
@@ -2018,17 +2070,18 @@ class Pairs(NamedTuple):
 
 
 def paired_statistics(pairs: Pairs) -> Dict[str, Any]:
-    """n, both means, the mean difference, its 95% t interval and the sign test's p-value;
-    nulls under 2 pairs."""
-    if pairs.count < 2:
-        return {"n": pairs.count, "mean": None, "baseline_mean": None, "diff_mean": None,
-                "ci95": None, "p_value": None}
-    n, diff_mean = pairs.count, pairs.diff_sum / pairs.count
-    half = t_quantile_975(n - 1) * math.sqrt(max(pairs.diff_m2, 0.0) / (n - 1) / n)
-    return {"n": n, "mean": mean(pairs.current_sum, n),
-            "baseline_mean": mean(pairs.baseline_sum, n), "diff_mean": tidy(diff_mean),
-            "ci95": [tidy(diff_mean - half), tidy(diff_mean + half)],
-            "p_value": sign_test(pairs.rises, pairs.falls)}
+    """Over the pairs: n, both means and the mean difference (null with no pair), its 95%
+    t interval and the sign test's p-value (null under 2 pairs)."""
+    n = pairs.count
+    figures = {"n": n, "mean": mean(pairs.current_sum, n),
+               "baseline_mean": mean(pairs.baseline_sum, n),
+               "diff_mean": mean(pairs.diff_sum, n), "ci95": None, "p_value": None}
+    if n >= 2:
+        diff_mean = pairs.diff_sum / n
+        half = t_quantile_975(n - 1) * math.sqrt(max(pairs.diff_m2, 0.0) / (n - 1) / n)
+        figures.update(ci95=[tidy(diff_mean - half), tidy(diff_mean + half)],
+                       p_value=sign_test(pairs.rises, pairs.falls))
+    return figures
 
 
 def tidy(value: Any) -> Any:
@@ -2043,65 +2096,155 @@ def mean(total: float, count: int) -> Optional[float]:
     return tidy(total / count) if count else None
 
 
+class Tally:
+    """Running figures over the cases printed, in constant memory: what --summary prints,
+    and what the markdown report, JUnit and the gate read. `compared`: with --baseline;
+    `gated`: the scores --fail-on-regression names (None: any)."""
+
+    COSTS = ("llm_calls", "prompt_tokens", "completion_tokens", "tokens")
+
+    def __init__(self, compared: bool = False, min_drop: float = 0.0,
+                 gated: Optional[FrozenSet[str]] = None):
+        self.compared, self.min_drop, self.gated = compared, min_drop, gated
+        self.records = self.errors = self.edited = self.durations = 0
+        self.duration_sum = 0.0
+        self.scores: Dict[str, List[Any]] = {}  # name -> count, sum, min, max
+        self.pairs: Dict[str, Pairs] = {}
+        self.falls: Dict[str, int] = {}  # name -> cases that regressed on it
+        self.lost: Dict[str, int] = {}  # name -> cases that lost it
+        self.statuses = dict.fromkeys(("regressed", "improved", "unchanged", "new"), 0)
+        self.new_errors = self.gate_regressed = 0
+        self.costs = dict.fromkeys(self.COSTS, 0)
+
+    def add(self, case: Dict[str, Any]) -> Dict[str, Any]:
+        """Count one case in; hand it back, so a tally can sit in a stream of cases."""
+        self.records += 1
+        self.errors += case["error"] is not None
+        self.edited += bool(case["edited"])
+        for name, value in case["scores"].items():
+            if is_number(value):
+                tally = self.scores.setdefault(name, [0, 0, value, value])
+                tally[:] = [tally[0] + 1, tally[1] + value, min(tally[2], value),
+                            max(tally[3], value)]
+        metrics = case.get("metrics")  # kept only where costs were asked for
+        if metrics is not None and is_number(metrics["duration"]):
+            self.durations += 1
+            self.duration_sum += metrics["duration"]
+        for name in self.COSTS if metrics is not None else ():
+            self.costs[name] += metrics[name]
+        if self.compared:
+            self.add_comparison(case)
+        return case
+
+    def add_comparison(self, case: Dict[str, Any]) -> None:
+        self.statuses[case["status"]] += 1
+        self.new_errors += case["new_error"]
+        self.gate_regressed += regressed_on(case, self.gated, self.min_drop)
+        for name, change in case["diff"].items():
+            self.pairs[name] = self.pairs.get(name, Pairs()).add(
+                case["scores"][name], case["baseline"]["scores"][name], change)
+            self.falls[name] = self.falls.get(name, 0) + is_regression(change, self.min_drop)
+        for name in case["lost_scores"]:
+            self.lost[name] = self.lost.get(name, 0) + 1
+
+    def summary(self, experiment_id: str, baseline_id: Optional[str] = None,
+                missing: int = 0) -> Dict[str, Any]:
+        """--summary: the figures of exactly the cases added. A score's count, mean, min
+        and max are over every record holding a number for it; its `paired` figures are
+        over the records holding one on both sides, and only those."""
+        scores = {}
+        for name in sorted({*self.scores, *self.lost}):
+            count, total, low, high = self.scores.get(name, [0, 0, None, None])
+            scores[name] = {"count": count, "mean": mean(total, count), "min": low,
+                            "max": high}
+            if self.compared:
+                both = self.pairs.get(name, Pairs())
+                scores[name].update(improvements=both.rises,
+                                    regressions=self.falls.get(name, 0),
+                                    lost=self.lost.get(name, 0),
+                                    paired=paired_statistics(both))
+        summary: Dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "records": self.records,
+            "errors": self.errors,
+            "edited": self.edited,
+            "scores": scores,
+            "metrics": {"duration_mean": mean(self.duration_sum, self.durations), **self.costs},
+        }
+        if self.compared:
+            summary.update(baseline_experiment_id=baseline_id,
+                           matched=self.records - self.statuses["new"],
+                           new=self.statuses["new"], missing=missing,
+                           regressed=self.statuses["regressed"],
+                           improved=self.statuses["improved"],
+                           unchanged=self.statuses["unchanged"], new_errors=self.new_errors)
+        return summary
+
+
 def summarise(cases: Iterable[Dict[str, Any]], experiment_id: str,
               baseline: Optional[Tuple[str, Callable[[], int]]] = None,
               min_drop: float = 0.0) -> Dict[str, Any]:
-    """--summary: one object describing exactly these cases, read once, in constant memory.
-    `baseline`: the baseline's id, and how to count its keys that no case read had."""
-    records = errors = edited = matched = durations = 0
-    duration_sum = 0.0
-    tallies: Dict[str, List[Any]] = {}  # score name -> count, sum, min, max
-    baseline_tallies: Dict[str, List[Any]] = {}  # score name -> sum, count
-    pairs: Dict[str, Pairs] = {}
-    regressions: Dict[str, int] = {}
-    costs = dict.fromkeys(("llm_calls", "prompt_tokens", "completion_tokens", "tokens"), 0)
+    """--summary over these cases, read once. `baseline`: the baseline's id, and how to
+    count its cases that no case read had."""
+    tally = Tally(baseline is not None, min_drop)
     for case in cases:
-        records += 1
-        errors += case["error"] is not None
-        edited += bool(case["edited"])
-        for name, value in case["scores"].items():
-            if is_number(value):
-                tally = tallies.setdefault(name, [0, 0, value, value])
-                tally[:] = [tally[0] + 1, tally[1] + value, min(tally[2], value),
-                            max(tally[3], value)]
-        duration = case["metrics"]["duration"]
-        if is_number(duration):
-            durations, duration_sum = durations + 1, duration_sum + duration
-        for name in costs:
-            costs[name] += case["metrics"][name]
-        if baseline is None:
-            continue
-        matched += case["baseline"] is not None
-        for name, value in (case["baseline"] or {"scores": {}})["scores"].items():
-            if is_number(value):
-                tally = baseline_tallies.setdefault(name, [0, 0])
-                tally[:] = [tally[0] + value, tally[1] + 1]
-        for name, change in case["diff"].items():
-            pairs[name] = pairs.get(name, Pairs()).add(
-                case["scores"][name], case["baseline"]["scores"][name], change)
-            regressions[name] = regressions.get(name, 0) + is_regression(change, min_drop)
-    scores = {}
-    for name in sorted(tallies):  # the names holding a number in some record
-        count, total, low, high = tallies[name]
-        scores[name] = {"count": count, "mean": mean(total, count), "min": low, "max": high}
-        if baseline is not None:
-            both = pairs.get(name, Pairs())
-            scores[name].update(baseline_mean=mean(*baseline_tallies.get(name, [0, 0])),
-                                diff_mean=mean(both.diff_sum, both.count),
-                                improvements=both.rises, regressions=regressions.get(name, 0),
-                                paired=paired_statistics(both))
-    summary: Dict[str, Any] = {
-        "experiment_id": experiment_id,
-        "records": records,
-        "errors": errors,
-        "edited": edited,
-        "scores": scores,
-        "metrics": {"duration_mean": mean(duration_sum, durations), **costs},
-    }
-    if baseline is not None:
-        summary.update(baseline_experiment_id=baseline[0], matched=matched,
-                       new=records - matched, missing=baseline[1]())
-    return summary
+        tally.add(case)
+    if baseline is None:
+        return tally.summary(experiment_id)
+    return tally.summary(experiment_id, baseline[0], baseline[1]())
+
+
+# The gate (--fail-on-regression): what it judges, and why it fails.
+
+
+class Gate(NamedTuple):
+    scores: Optional[FrozenSet[str]]  # the scores named; None: every score
+    mode: str = "cases"  # cases: any case regressed; mean: a paired mean fell; significant:
+    # a paired mean fell beyond its 95% interval
+    min_drop: float = 0.0
+    allow_missing: bool = False
+
+
+def gate_failures(gate: Gate, summary: Dict[str, Any], gate_regressed: int,
+                  missing_examples: List[str]) -> List[str]:
+    """Why the gate fails, each in a few words (none: it passes), from the summary of the
+    printed records. Whatever the mode, a lost score, a new error and a missing case fail
+    it (missing ones unless allowed): a crashed or vanished case is never "unchanged"."""
+    def gated(name: str) -> bool:
+        return gate.scores is None or name in gate.scores
+
+    on = f" on {', '.join(map(repr, sorted(gate.scores)))}" if gate.scores else ""
+    failures = []
+    if gate.mode == "cases":
+        if gate_regressed:
+            failures.append(f"{gate_regressed} of {plural(summary['records'], 'record')} "
+                            f"regressed{on}")
+    else:
+        lost = sum(score["lost"] for name, score in summary["scores"].items() if gated(name))
+        if lost:
+            failures.append(f"{plural(lost, 'score')} lost{on} (a number in the baseline, "
+                            "none now)")
+        if summary["new_errors"]:
+            failures.append(f"{plural(summary['new_errors'], 'case')} raised an error "
+                            "that the baseline did not")
+        for name, score in summary["scores"].items():
+            paired = score["paired"]
+            if not gated(name) or paired["n"] == 0:
+                continue
+            if gate.mode == "mean" and is_regression(paired["diff_mean"], gate.min_drop):
+                failures.append(f"the paired mean of {name!r} fell by {-paired['diff_mean']:g} "
+                                f"({paired['baseline_mean']:g} → {paired['mean']:g} over "
+                                f"{plural(paired['n'], 'pair')})")
+            if (gate.mode == "significant" and paired["ci95"] is not None
+                    and paired["ci95"][1] < -gate.min_drop):
+                failures.append(f"{name!r} fell by {-paired['diff_mean']:g}, beyond noise (95% "
+                                f"interval of the change [{paired['ci95'][0]:g}, "
+                                f"{paired['ci95'][1]:g}] over {plural(paired['n'], 'pair')})")
+    if summary["missing"] and not gate.allow_missing:
+        failures.append(f"{plural(summary['missing'], 'baseline case')} missing from the run "
+                        f"(e.g. {'; '.join(missing_examples)}; --allow-missing accepts a run "
+                        "on a subset)")
+    return failures
 
 
 # ---------------------------------------------------------------------------------------
@@ -2109,7 +2252,7 @@ def summarise(cases: Iterable[Dict[str, Any]], experiment_id: str,
 # ---------------------------------------------------------------------------------------
 
 STANDARD_KEYS = ("root_span_id", "input", "output", "expected", "metadata", "scores", "origin")
-COMPARISON_KEYS = ("baseline", "diff", "status")
+COMPARISON_KEYS = ("baseline", "diff", "lost_scores", "new_error", "status")
 TRUNCATED_KEYS = ("input", "output", "expected", "metadata", "error")
 
 
@@ -2164,6 +2307,10 @@ RECORD_FIELDS: Dict[str, Dict[str, Any]] = {
         "description": "the matched baseline case; null when none matches"},
     "diff": {"type": "object", "additionalProperties": {"type": "number"},
              "description": "score minus the baseline's, for scores on both sides"},
+    "lost_scores": {"type": "array", "items": {"type": "string"},
+                    "description": "scores that are a number in the baseline and none now"},
+    "new_error": {"type": "boolean",
+                  "description": "the case raised an error and its baseline did not"},
     "status": {"enum": ["new", "regressed", "improved", "unchanged"]},
     "edited": {"const": True},
 }
@@ -2177,12 +2324,10 @@ def object_schema(properties: Dict[str, Any], **more: Any) -> Dict[str, Any]:
 def summary_schema(args: argparse.Namespace) -> Dict[str, Any]:
     count = {"type": "integer", "minimum": 0}
     mean_or_null = NUMBER_OR_NULL
-    score = {"count": count, "mean": {"type": "number"}, "min": {"type": "number"},
-             "max": {"type": "number"}}
+    score = {"count": count, "mean": mean_or_null, "min": mean_or_null, "max": mean_or_null}
     if args.baseline is not None:
         score.update(
-            baseline_mean=mean_or_null, diff_mean=mean_or_null, improvements=count,
-            regressions=count,
+            improvements=count, regressions=count, lost=count,
             paired=object_schema({
                 "n": count, "mean": mean_or_null, "baseline_mean": mean_or_null,
                 "diff_mean": mean_or_null,
@@ -2190,9 +2335,10 @@ def summary_schema(args: argparse.Namespace) -> Dict[str, Any]:
                                                       "maxItems": 2,
                                                       "items": {"type": "number"}}]},
                 "p_value": {"type": ["number", "null"], "minimum": 0, "maximum": 1}},
-                description="over the cases with this score on both sides: a 95% t "
-                "interval of the mean difference and an exact sign-test p-value; nulls "
-                "under 2 pairs"))
+                description="over the records with this score a number on both sides, and "
+                "only those: both means and the mean difference (null with no pair), a 95% "
+                "t interval of that difference and an exact sign-test p-value (null under 2 "
+                "pairs)"))
     summary = {
         "experiment_id": {"type": "string"}, "records": count, "errors": count,
         "edited": count,
@@ -2204,7 +2350,8 @@ def summary_schema(args: argparse.Namespace) -> Dict[str, Any]:
     }
     if args.baseline is not None:
         summary.update(baseline_experiment_id={"type": "string"}, matched=count, new=count,
-                       missing=count)
+                       missing=count, regressed=count, improved=count, unchanged=count,
+                       new_errors=count)
     return summary
 
 
@@ -2334,16 +2481,15 @@ def csv_value(record: Dict[str, Any], column: str) -> Any:
     return record[column]
 
 
-def render_csv(cases: Callable[[], Iterable[Dict[str, Any]]], keys: List[str],
-               most: Optional[int], strict: Callable[[str], str] = StrictJson()
-               ) -> Iterator[bytes]:
+def render_csv(score_names: Callable[[], Iterable[str]], records: Iterable[Dict[str, Any]],
+               keys: List[str], strict: Callable[[str], str] = StrictJson()) -> Iterator[bytes]:
     """RFC 4180 (the csv module's defaults: quoted when needed, CRLF), UTF-8, a header row.
-    The cases are read twice: for the score columns, then for the rows."""
-    columns = csv_columns(keys, {name for case in cases() for name in case["scores"]})
+    The score columns are every name `score_names` gives (a first pass over the cases)."""
+    columns = csv_columns(keys, set(score_names()))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
-    for record in (as_record(case, keys, most) for case in cases()):
+    for record in records:
         writer.writerow([csv_cell(csv_value(record, column), strict) for column in columns])
         yield buffer.getvalue().encode("utf-8", "backslashreplace")
         buffer.seek(0)
@@ -2355,7 +2501,7 @@ def render_csv(cases: Callable[[], Iterable[Dict[str, Any]]], keys: List[str],
 # ones with --baseline, else the errored ones), at most REPORT_ROWS of them.
 REPORT_ROWS = 20
 REPORT_PREVIEW = 80  # characters of an input shown, unless --truncate says otherwise
-ID_LENGTH = 200  # ids are never cut short, as --truncate never cuts them
+WHOLE = sys.maxsize  # ids and score names are never cut short, as --truncate never cuts them
 LINE_BREAKS = re.compile(r"\r\n|[\n\r\u2028\u2029\x0b\x0c\x85]")
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|<>#~])")
 
@@ -2390,57 +2536,62 @@ class Listing(NamedTuple):
     counts: Dict[str, int]
 
 
+def why_regressed(case: Dict[str, Any], min_drop: float) -> List[str]:
+    """A regressed case's reasons, in words: each score before → after, each lost score,
+    a new error."""
+    return ([f"{name} {number(case['baseline']['scores'][name])} → "
+             f"{number(case['scores'][name])}" for name, change in case["diff"].items()
+             if is_regression(change, min_drop)]
+            + [f"{name} {number(case['baseline']['scores'][name])} → none (lost)"
+               for name in case["lost_scores"]]
+            + (["an error, where the baseline had none"] if case["new_error"] else []))
+
+
 def listed(cases: Iterable[Dict[str, Any]], listing: Listing, compared: bool,
            min_drop: float, most: int) -> Iterator[Dict[str, Any]]:
     """Pass the cases on, noting in `listing` those the report lists: regressed ones when
     `compared`, else those with an error; each as its row of the report."""
     for case in cases:
-        listing.counts[case.get("status", "record")] = listing.counts.get(
-            case.get("status", "record"), 0) + 1
         shown = case["status"] == "regressed" if compared else case["error"] is not None
         if shown:
             listing.counts["listed"] = listing.counts.get("listed", 0) + 1
         if shown and len(listing.rows) < REPORT_ROWS:
             if compared:  # the report's own words: not cut
-                detail = markdown_cell("; ".join(
-                    f"{name} {number(case['baseline']['scores'][name])} → "
-                    f"{number(case['scores'][name])}"
-                    for name, change in case["diff"].items()
-                    if is_regression(change, min_drop)), 10 ** 6)
+                detail = markdown_cell("; ".join(why_regressed(case, min_drop)), WHOLE)
             else:
                 detail = markdown_cell(case["error"], most)
-            listing.rows.append([markdown_cell(case["root_span_id"], ID_LENGTH),
+            listing.rows.append([markdown_cell(case["root_span_id"], WHOLE),
                                  markdown_cell(case["input"], most), detail])
         yield case
 
 
 def render_markdown(summary: Dict[str, Any], listing: Listing) -> Iterator[bytes]:
     compared = "baseline_experiment_id" in summary
-    lines = [f"**Experiment** `{markdown_cell(summary['experiment_id'], ID_LENGTH)}`"
-             + (f" vs **baseline** `{markdown_cell(summary['baseline_experiment_id'], ID_LENGTH)}`"
+    lines = [f"**Experiment** `{markdown_cell(summary['experiment_id'], WHOLE)}`"
+             + (f" vs **baseline** `{markdown_cell(summary['baseline_experiment_id'], WHOLE)}`"
                 if compared else "")
              + f": {plural(summary['records'], 'record')}, {plural(summary['errors'], 'error')}"
              + (f"; {summary['matched']} matched, {summary['new']} new, {summary['missing']} "
-                f"missing; {listing.counts.get('regressed', 0)} regressed, "
-                f"{listing.counts.get('improved', 0)} improved, "
-                f"{listing.counts.get('unchanged', 0)} unchanged" if compared else ""), ""]
+                f"missing; {summary['regressed']} regressed, {summary['improved']} improved, "
+                f"{summary['unchanged']} unchanged" if compared else ""), ""]
     if compared:
         rows = []
         for name, score in summary["scores"].items():
             both = score["paired"]
             interval = ("–" if both["ci95"] is None else
                         f"[{number(both['ci95'][0], True)}, {number(both['ci95'][1], True)}]")
-            rows.append([markdown_cell(name, ID_LENGTH), str(both["n"]),
+            rows.append([markdown_cell(name, WHOLE), str(both["n"]),
                          number(both["mean"]), number(both["baseline_mean"]),
                          number(both["diff_mean"], True), interval,
                          number(both["p_value"]), str(score["regressions"]),
-                         str(score["improvements"])])
-        lines += table(["score", "pairs", "mean", "baseline", "diff", "95% CI", "p (sign test)",
-                        "regressed", "improved"], rows, 1)
+                         str(score["lost"]), str(score["improvements"])])
+        # Every figure is the summary's `paired` one: over the cases scored on both sides.
+        lines += table(["score", "pairs", "paired mean", "baseline", "diff", "95% CI",
+                        "p (sign test)", "fell", "lost", "rose"], rows, 1)
         title, last = "Regressed cases", "scores: before → after"
     else:
         lines += table(["score", "records", "mean", "min", "max"], (
-            [markdown_cell(name, ID_LENGTH), str(score["count"]), number(score["mean"]),
+            [markdown_cell(name, WHOLE), str(score["count"]), number(score["mean"]),
              number(score["min"]), number(score["max"])]
             for name, score in summary["scores"].items()), 1)
         title, last = "Cases with an error", "error"
@@ -2451,6 +2602,74 @@ def render_markdown(summary: Dict[str, Any], listing: Listing) -> Iterator[bytes
     if listed_count > len(listing.rows):
         lines += ["", f"…and {listed_count - len(listing.rows)} more."]
     yield ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+
+
+# JUnit XML (--format junit), the report CI systems show: one testsuite, a testcase per
+# record printed, a failure for each regressed case (or, without a baseline, each error).
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+JUNIT_NAME = 80  # characters of a case's input in its testcase name
+JUNIT_DETAIL = 2000  # characters of an input or error in a failure's text
+
+
+def xml_text(value: Any, most: int = WHOLE) -> str:
+    """Any value as XML 1.0 text: cut like --truncate, characters XML forbids dropped."""
+    text = truncated(value if isinstance(value, str) else COMPACT.encode(value), most)
+    return NOT_XML.sub("", text)
+
+
+def xml_attribute(value: Any, most: int = WHOLE) -> str:
+    return saxutils.quoteattr(xml_text(value, most), {"\n": "&#10;", "\r": "&#13;",
+                                                      "\t": "&#9;"})
+
+
+def junit_case(case: Dict[str, Any], experiment_id: str, compared: bool,
+               min_drop: float) -> str:
+    name = f"{xml_text(case['input'], JUNIT_NAME)} [{case['root_span_id']}]"
+    head = (f'  <testcase classname={xml_attribute("braintrust." + experiment_id)} '
+            f"name={xml_attribute(name)}")
+    if compared and case["status"] == "new":
+        return head + '>\n    <skipped message="new: no baseline case matches"/>\n  </testcase>'
+    if compared and case["status"] == "regressed":
+        reasons = "; ".join(why_regressed(case, min_drop))
+        kind = "regression"
+    elif not compared and case["error"] is not None:
+        reasons, kind = "the case raised an error", "error"
+    else:
+        return head + "/>"
+    detail = "\n".join(
+        [f"input: {xml_text(case['input'], JUNIT_DETAIL)}"]
+        + [f"error: {xml_text(case['error'], JUNIT_DETAIL)}"] * (case["error"] is not None))
+    return (head + f">\n    <failure type={xml_attribute(kind)} message={xml_attribute(reasons)}>"
+            f"{saxutils.escape(detail)}</failure>\n  </testcase>")
+
+
+def render_junit(summary: Dict[str, Any], verdict: Optional[List[str]],
+                 cases: Iterable[Dict[str, Any]], min_drop: float) -> Iterator[bytes]:
+    """One testsuite for the run, its counts and the gate's verdict (`verdict`: the gate's
+    failures, None without a gate) among its properties, then a testcase per case."""
+    compared = "baseline_experiment_id" in summary
+    experiment_id = summary["experiment_id"]
+    failures = summary["regressed"] if compared else summary["errors"]
+    skipped = summary["new"] if compared else 0
+    counts = (f'tests="{summary["records"]}" failures="{failures}" errors="0" '
+              f'skipped="{skipped}"')
+    title = f"braintrust experiment {experiment_id}" + (
+        f" vs baseline {summary['baseline_experiment_id']}" if compared else "")
+    gate = ("not asked" if verdict is None else
+            "failed: " + "; ".join(verdict) if verdict else "passed")
+    properties = {"experiment_id": experiment_id, **{
+        key: summary[key] for key in ("baseline_experiment_id", "matched", "new", "missing",
+                                      "regressed", "improved", "unchanged", "new_errors")
+        if key in summary}, "gate": gate}
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             f"<testsuites name={xml_attribute(title)} {counts}>",
+             f"<testsuite name={xml_attribute(title)} {counts}>", "  <properties>",
+             *(f"    <property name={xml_attribute(name)} value={xml_attribute(value)}/>"
+               for name, value in properties.items()), "  </properties>"]
+    yield ("\n".join(lines) + "\n").encode("utf-8")
+    for case in cases:
+        yield (junit_case(case, experiment_id, compared, min_drop) + "\n").encode("utf-8")
+    yield b"</testsuite>\n</testsuites>\n"
 
 
 def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
@@ -2516,10 +2735,6 @@ def write_stdout(chunks: Iterable[bytes]) -> None:
 # main
 # ---------------------------------------------------------------------------------------
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
                     args: argparse.Namespace, announce: Callable[[str], None],
                     progress: Optional[Callable[..., None]], so_far: Dict[str, Any],
@@ -2530,7 +2745,8 @@ def read_experiment(session: requests.Session, settings: Settings, experiment_id
     how many records the pages so far give: shown as progress, and with `stop_at`, no page
     is requested once it reaches that many (nor ahead of time: it may not be needed).
     `so_far` keeps how far it got, for the line an interrupted run ends with."""
-    with_costs = args.summary or args.format == "markdown" or "metrics" in args.include
+    with_costs = (args.summary or args.format in ("markdown", "junit")
+                  or "metrics" in args.include)
     store = Store(settings.spill_after, with_costs)
     count = count or Store.count
     pages = found = 0
@@ -2639,38 +2855,51 @@ def write_output(args: argparse.Namespace, experiment_id: str,
     # cycle behind for every record. What is held now is frozen, so it is never rescanned.
     gc.freeze()
     gc.enable()
-    gated = [0, 0]  # records printed, of which regressed (on the gated scores)
+    gate = None if args.gate is None else Gate(frozenset(args.gate) or None, args.gate_mode,
+                                               args.min_drop, args.allow_missing)
+    tally = Tally(index is not None, args.min_drop, gate.scores if gate else None)
     try:
-        def cases() -> Iterator[Dict[str, Any]]:
-            for case in islice(selected(store), args.max_results):
-                if args.gate is not None:
-                    gated[0] += 1
-                    gated[1] += any(is_regression(change, args.min_drop)
-                                    for name, change in case["diff"].items()
-                                    if not args.gate or name in args.gate)
-                yield case
+        missing, examples = 0, []
+        if index is not None and (gate is not None or args.summary
+                                  or args.format in ("markdown", "junit")):
+            # Baseline cases that no case read has, before any filter or --max-results.
+            missing = unread_baseline_cases(index, (case_key(case) for case in store.cases()))
+            examples = unread_examples(index)
 
-        compared = None
-        if index is not None:  # "missing" counts over every case read, before filters
-            compared = (baseline_id, lambda: unread_baseline_cases(
-                index, (case_key(case) for case in store.cases())))
+        def cases() -> Iterator[Dict[str, Any]]:
+            return islice(selected(store), args.max_results)
+
+        def summary() -> Dict[str, Any]:
+            """The tally's summary, once the cases have passed through it."""
+            return tally.summary(experiment_id, baseline_id, missing)
+
         strict = StrictJson()
+        keys = record_keys(args)
         if args.format == "markdown":
             listing = Listing([], {})
-            most = args.truncate or REPORT_PREVIEW
-            summary = summarise(listed(cases(), listing, index is not None, args.min_drop,
-                                       most), experiment_id, compared, args.min_drop)
-            chunks = render_markdown(summary, listing)
+            for _ in listed(map(tally.add, cases()), listing, index is not None,
+                            args.min_drop, args.truncate or REPORT_PREVIEW):
+                pass
+            chunks = render_markdown(summary(), listing)
         elif args.summary:
-            chunks = render_summary(summarise(cases(), experiment_id, compared, args.min_drop),
-                                    args.format, strict)
-        else:
-            keys = record_keys(args)
+            for case in cases():
+                tally.add(case)
+            chunks = render_summary(summary(), args.format, strict)
+        elif args.format == "junit":  # the suite's counts and verdict come first: two passes
+            for case in cases():
+                tally.add(case)
+            report = summary()
+            verdict = (None if gate is None else
+                       gate_failures(gate, report, tally.gate_regressed, examples))
+            chunks = render_junit(report, verdict, cases(), args.min_drop)
+        else:  # the records; the gate's tally, when there is a gate, counts them on the way
+            printed = cases() if gate is None else map(tally.add, cases())
+            records = (as_record(case, keys, args.truncate) for case in printed)
             if args.format == "csv":
-                chunks = render_csv(cases, keys, args.truncate, strict)
+                chunks = render_csv(lambda: (name for case in cases()
+                                             for name in case["scores"]), records, keys, strict)
             else:
-                chunks = render((as_record(case, keys, args.truncate) for case in cases()),
-                                args.format, strict)
+                chunks = render(records, args.format, strict)
         so_far["writing"] = True
         if args.output:
             write_file(args.output, chunks)
@@ -2684,7 +2913,7 @@ def write_output(args: argparse.Namespace, experiment_id: str,
              "hold: written as null")
     for line in unmatched_filters(args, known_scores, known_tags):
         warn(line)
-    if args.gate is None:
+    if gate is None:
         return
     unknown = sorted(args.gate - known_scores)
     if unknown:
@@ -2692,10 +2921,11 @@ def write_output(args: argparse.Namespace, experiment_id: str,
                          f"{', '.join(map(repr, unknown))} (the scores: "
                          f"{', '.join(map(repr, sorted(known_scores))) or 'none'}), so it "
                          "could never fail; check the name (it is exact and case-sensitive)")
-    if gated[1]:
-        on = f" on {', '.join(map(repr, sorted(args.gate)))}" if args.gate else ""
-        raise Regressed(f"{gated[1]} of {plural(gated[0], 'record')} regressed{on} against "
-                        f"baseline {baseline_id} (--fail-on-regression)")
+    failures = gate_failures(gate, tally.summary(experiment_id, baseline_id, missing),
+                             tally.gate_regressed, examples)
+    if failures:
+        raise Regressed(f"{failures[0]} against baseline {baseline_id} (--fail-on-regression)"
+                        + "".join(f"; {failure}" for failure in failures[1:]))
 
 
 def how_far(so_far: Dict[str, Any], output: Optional[str], existed: bool) -> str:
