@@ -1,0 +1,90 @@
+"""The current script against the previous release (tests/previous_release/), side by side:
+for every output format and a spread of flags, on experiments with versions, deletions,
+UI edits, errors, trials and a baseline, the same bytes on stdout, the same stderr and the
+same exit code (issue 23: a reorganisation of the file that changes no output)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SCRIPT, assert_no_key
+
+PREVIOUS = Path(__file__).parent / "previous_release" / "fetch_experiment_results.py"
+
+INCLUDE_ALL = ["--include", "all"]
+FLAGS = [
+    [],
+    INCLUDE_ALL,
+    ["--edited-only", "--limit", "2"],
+    ["--errors-only", "--include", "error,metrics"],
+    ["--score", "Exact Match<1", "--truncate", "12"],
+    ["--tag", "smoke", "--max-results", "2"],
+    ["--max-results", "3", "--limit", "1"],
+]
+COMPARED = [
+    [],
+    ["--include", "all", "--truncate", "8"],
+    ["--regressions-only"],
+    ["--min-drop", "0.3", "--max-results", "4"],
+    ["--fail-on-regression"],
+    ["--fail-on-regression", "Accuracy", "--allow-missing", "--gate", "mean"],
+    ["--fail-on-regression", "--gate", "significant", "--limit", "3"],
+]
+# Every flag set in the default format; each other format with a few (the formats share
+# how cases are chosen, so a spread suffices).
+UNCOMPARED_RUNS = ([("json", flags) for flags in FLAGS]
+                   + [("jsonl", FLAGS[0]), ("jsonl", FLAGS[6]), ("csv", FLAGS[0]),
+                      ("csv", INCLUDE_ALL), ("csv", FLAGS[4]), ("markdown", FLAGS[0]),
+                      ("markdown", FLAGS[3]), ("junit", FLAGS[0]), ("junit", FLAGS[3])])
+COMPARED_RUNS = ([("json", flags) for flags in COMPARED]
+                 + [("jsonl", COMPARED[2]), ("csv", COMPARED[0]), ("csv", COMPARED[1]),
+                    ("markdown", COMPARED[0]), ("markdown", COMPARED[4]),
+                    ("markdown", COMPARED[3]), ("junit", COMPARED[0]), ("junit", COMPARED[4])])
+
+
+def named(runs):
+    return [f"{output_format} {' '.join(flags)}".strip() for output_format, flags in runs]
+
+
+def both(args, env, cwd):
+    runs = []
+    for script in (SCRIPT, PREVIOUS):
+        done = subprocess.run([sys.executable, str(script), *args], env=env, cwd=cwd,
+                              capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert_no_key(done.stdout, done.stderr, env=env)
+        runs.append((done.returncode, done.stdout, done.stderr))
+    return runs
+
+
+@pytest.mark.parametrize("output_format, flags", UNCOMPARED_RUNS, ids=named(UNCOMPARED_RUNS))
+def test_the_same_bytes_as_the_previous_release(api, env, catalog, tmp_path, output_format,
+                                                flags):
+    for experiment in (catalog.rich, catalog.analysis):
+        now, before = both([experiment, "--format", output_format, *flags], env, tmp_path)
+        assert now == before
+
+
+@pytest.mark.parametrize("output_format, flags", COMPARED_RUNS, ids=named(COMPARED_RUNS))
+def test_the_same_comparison_as_the_previous_release(api, env, catalog, tmp_path,
+                                                     output_format, flags):
+    now, before = both([catalog.current, "--baseline", catalog.baseline, "--format",
+                        output_format, *flags], env, tmp_path)
+    assert now == before
+
+
+@pytest.mark.parametrize("flags", [[], ["--baseline", "auto"], ["--errors-only", "--tag", "x"]])
+def test_the_same_summary_as_the_previous_release(api, env, catalog, tmp_path, flags):
+    for output_format in ("json", "jsonl"):
+        now, before = both([catalog.current, "--summary", "--format", output_format, *flags],
+                           env, tmp_path)
+        assert now == before
+
+
+@pytest.mark.parametrize("flags", [["--include", "all", "--baseline", "auto", "--edited-only"],
+                                   ["--summary", "--baseline", "auto"], []])
+def test_the_same_schema_as_the_previous_release(env, tmp_path, flags):
+    now, before = both(["--schema", *flags], env, tmp_path)
+    assert now == before
