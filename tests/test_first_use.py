@@ -116,9 +116,9 @@ def test_the_progress_line_fits_a_narrow_terminal(env, catalog, tmp_path):
 
 @pytest.mark.parametrize("so_far, output, existed, want", [
     ({}, None, False, "before the first page came; nothing was printed"),
-    ({"label": "", "pages": 3, "records": 1}, "r.json", True,
+    ({"label": "", "pages": 3, "live": 1}, "r.json", True,
      "after 3 pages of the experiment (1 record so far); 'r.json' is unchanged"),
-    ({"label": "baseline ", "pages": 1, "records": 0}, "r.json", False,
+    ({"label": "baseline ", "pages": 1, "live": 0}, "r.json", False,
      "after 1 page of the baseline experiment (0 records so far); no 'r.json' was written"),
     ({"pages": 9, "writing": True}, None, False,
      "while writing the output; what reached stdout is incomplete"),
@@ -127,7 +127,10 @@ def test_the_progress_line_fits_a_narrow_terminal(env, catalog, tmp_path):
 ])
 def test_an_interrupted_run_says_how_far_it_got_and_what_it_left(so_far, output, existed,
                                                                  want):
-    assert script.how_far(so_far, output, existed) == want
+    reporter = script.Reporter(terminal=False)
+    for name, value in so_far.items():
+        setattr(reporter, name, value)
+    assert reporter.how_far(output, existed) == want
 
 
 # -- the recipes as written ------------------------------------------------------------------

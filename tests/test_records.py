@@ -164,12 +164,26 @@ def test_edited_only_keeps_edited_records_and_marks_them_last():
     assert list(got[0])[-1] == "edited" and got[0]["edited"] is True
 
 
-def test_count_roots_counts_live_roots():
+def test_absorbing_a_page_says_by_how_many_the_live_roots_grew():
     tombstone = {"id": "c", "_xact_id": "9", "_object_delete": True, "root_span_id": "tc"}
     latest = {}
-    script.absorb(latest, [root("a", 5, "ta"), root("b", 4, "tb"), root("c", 3, "tc"),
-                           score("s", 3, "ta", Accuracy=1.0), tombstone])
-    assert script.count_roots(latest) == 2
+    assert script.absorb(latest, [root("a", 5, "ta"), root("b", 4, "tb"), root("c", 3, "tc"),
+                                  score("s", 3, "ta", Accuracy=1.0)]) == 3
+    assert script.absorb(latest, [tombstone, root("b", 1, "tb")]) == -1  # b's is older
+
+
+@pytest.mark.parametrize("spill_after", [1 << 30, 0], ids=["memory", "disk"])
+def test_the_store_counts_live_roots_as_pages_come_and_rebuilds_a_traces_cases(spill_after):
+    store = script.Store(spill_after, with_costs=False)
+    try:
+        assert store.add([root("a", 5, "ta"), root("b", 4, "tb")], 100) and store.live == 2
+        touched = store.add([{"id": "a", "_xact_id": "9", "_object_delete": True,
+                              "root_span_id": "ta"}, score("s", 3, "tb", Accuracy=1.0)], 100)
+        assert store.live == 1
+        [case] = store.cases_of(touched)
+        assert (case["root_span_id"], case["scores"]) == ("tb", {"Accuracy": 1.0})
+    finally:
+        store.close()
 
 
 def test_events_that_are_not_objects_are_skipped():

@@ -235,7 +235,7 @@ def stored_cases(pages, spill_after):
     try:
         for page in pages:
             store.add(page, 10_000)
-        return sorted(store.cases(), key=lambda case: case["root_span_id"]), store.count()
+        return sorted(store.cases(), key=lambda case: case["root_span_id"]), store.live
     finally:
         store.close()
 

@@ -1587,10 +1587,17 @@ def row_key(event: Dict[str, Any]) -> Any:
     return event.get("id") or (event.get("root_span_id"), event.get("span_id"))
 
 
-def versions(events: Iterable[Any], with_costs: bool = False) -> Iterator[Tuple[Any, int, Part]]:
-    """(row id, version, essentials) of each event worth remembering: spans that no record
-    shows are not (every version of a task or llm span is one, unless costs are asked for);
-    deletions are, as None."""
+class Version(NamedTuple):
+    """One version of a row, as much of it as records need."""
+    key: Any  # the row's id
+    number: int  # its _xact_id
+    part: Part  # None: a deletion
+    trace: Any  # the root_span_id of its trace
+
+
+def versions(events: Iterable[Any], with_costs: bool = False) -> Iterator[Version]:
+    """Each event worth remembering: spans that no record shows are not (every version of a
+    task or llm span is one, unless costs are asked for); deletions are, with no part."""
     for event in events:
         if not isinstance(event, dict):
             continue
@@ -1598,16 +1605,21 @@ def versions(events: Iterable[Any], with_costs: bool = False) -> Iterator[Tuple[
         part = essentials(event, with_costs)
         if part is None and event.get("_object_delete") is not True:
             continue
-        yield key, xact_number(event), part
+        yield Version(key, xact_number(event), part, event.get("root_span_id"))
 
 
-def absorb(latest: Dict[Any, tuple], events: Iterable[Any], with_costs: bool = False) -> None:
-    """Fold a page into `latest`: event id -> (version, essentials) of its newest version.
-    Pages run over the whole version history, so an id may come again, older or newer."""
-    for key, version, part in versions(events, with_costs):
+def absorb(latest: Dict[Any, tuple], events: Iterable[Any], with_costs: bool = False) -> int:
+    """Fold a page into `latest`: event id -> (version, essentials) of its newest version,
+    and say by how many the live roots grew (or shrank). Pages run over the whole version
+    history, so an id may come again, older or newer."""
+    grown = 0
+    for key, version, part, _ in versions(events, with_costs):
         known = latest.get(key)
         if known is None or version > known[0]:
+            grown += isinstance(part, RootPart) - (known is not None
+                                                   and isinstance(known[1], RootPart))
             latest[key] = (version, part)
+    return grown
 
 
 def add_costs(total: Cost, cost: Cost) -> Cost:
@@ -1650,10 +1662,6 @@ def cases_from(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
     for _, part in latest.values():
         if isinstance(part, RootPart):
             yield case_of(part, trace_scores.get(part.trace, {}), trace_costs.get(part.trace))
-
-
-def count_roots(latest: Dict[Any, tuple]) -> int:
-    return sum(1 for _, part in latest.values() if isinstance(part, RootPart))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1716,18 +1724,33 @@ UPSERT = """INSERT INTO rows (key, version, kind, trace, payload) VALUES (?, ?, 
 ROOTS_WITH_TRACES = f"""SELECT r.seq, r.payload, s.kind, s.payload FROM rows AS r
     LEFT JOIN rows AS s ON s.trace = r.trace AND s.kind != {DELETED}
     WHERE r.kind = {ROOT} ORDER BY r.seq, s.seq"""
+# The same for one trace: along the index on trace.
+ROOTS_OF_TRACE = f"""SELECT r.seq, r.payload, s.kind, s.payload FROM rows AS r
+    LEFT JOIN rows AS s ON s.trace = r.trace AND s.kind != {DELETED}
+    WHERE r.trace = ? AND r.kind = {ROOT} ORDER BY r.seq, s.seq"""
+# Live roots, counted as rows change: a count of the table on every page would take time
+# that grows with the experiment.
+LIVE_ROOTS = [
+    "CREATE TABLE live (roots INTEGER NOT NULL)",
+    f"""CREATE TRIGGER root_added AFTER INSERT ON rows WHEN new.kind = {ROOT}
+        BEGIN UPDATE live SET roots = roots + 1; END""",
+    f"""CREATE TRIGGER root_changed AFTER UPDATE OF kind ON rows
+        WHEN (old.kind = {ROOT}) != (new.kind = {ROOT})
+        BEGIN UPDATE live SET roots = roots + (CASE WHEN new.kind = {ROOT} THEN 1 ELSE -1
+        END); END""",
+]
 
 
-def stored_rows(versioned: Iterable[Tuple[Any, int, Part]]) -> Iterator[tuple]:
-    for key, version, part in versioned:
+def stored_rows(versioned: Iterable[Version]) -> Iterator[tuple]:
+    for key, version, part, _ in versioned:
         yield (stored_text(key), stored_version(version), *stored_part(part))
 
 
-def cases_stored(database: sqlite3.Connection) -> Iterator[Dict[str, Any]]:
-    """cases_from, over the table."""
+def cases_stored(rows: Iterable[tuple]) -> Iterator[Dict[str, Any]]:
+    """cases_from, over the table's rows as ROOTS_WITH_TRACES gives them."""
     root: Optional[RootPart] = None
     current, scores, cost = None, {}, None
-    for seq, payload, kind, part in database.execute(ROOTS_WITH_TRACES):
+    for seq, payload, kind, part in rows:
         if seq != current:
             if root is not None:
                 yield case_of(root, scores, cost)
@@ -1749,28 +1772,62 @@ def cases_stored(database: sqlite3.Connection) -> Iterator[Dict[str, Any]]:
 
 class Store:
     """The newest version of each row of one experiment: a dict (as `absorb` keeps it) until
-    the pages read pass `spill_after` bytes, then a table in a temporary file."""
+    the pages read pass `spill_after` bytes, then a table in a temporary file. It keeps the
+    count of live roots as rows come (`live`), and can rebuild the cases of a few traces,
+    so that the work for a page stays the same however many came before."""
 
     def __init__(self, spill_after: int, with_costs: bool):
         self.spill_after, self.with_costs = spill_after, with_costs
         self.latest: Dict[Any, tuple] = {}
+        self.keys_of_trace: Dict[Any, List[Any]] = {}  # in memory: each trace's row ids
         self.database: Optional[sqlite3.Connection] = None
         self.bytes_read = 0
+        self.live = 0  # live roots so far: the records the pages so far give
 
-    def add(self, events: List[Any], size: int) -> None:
+    def add(self, events: List[Any], size: int) -> set:
+        """Fold a page in; the traces it touched."""
         self.bytes_read += size
         if self.database is None and self.bytes_read > self.spill_after:
-            self.database = open_scratch_database()
-            self.database.execute(TABLE)
-            self.database.execute("CREATE INDEX by_trace ON rows (trace)")
-            self.database.execute("CREATE INDEX by_kind ON rows (kind)")
-            self.write(stored_rows((key, version, part) for key, (version, part)
-                                   in self.latest.items()))
-            self.latest = {}
-        if self.database is None:
-            absorb(self.latest, events, self.with_costs)
-        else:
-            self.write(stored_rows(versions(events, self.with_costs)))
+            self.spill()
+        page = list(versions(events, self.with_costs))
+        if self.database is not None:
+            self.write(stored_rows(page))
+            self.live = self.database.execute("SELECT roots FROM live").fetchone()[0]
+            return {stored_text(version.trace) for version in page}
+        touched = set()
+        for key, number, part, trace in page:
+            known = self.latest.get(key)
+            if known is None:
+                self.keys_of_trace.setdefault(trace, []).append(key)
+            if known is None or number > known[0]:
+                self.live += isinstance(part, RootPart) - (known is not None
+                                                           and isinstance(known[1], RootPart))
+                self.latest[key] = (number, part)
+                touched.add(trace)
+        return touched
+
+    def spill(self) -> None:
+        """Move the rows to a table in a temporary file, for this page and every later one."""
+        self.database = open_scratch_database()
+        self.database.execute(TABLE)
+        self.database.execute("CREATE INDEX by_trace ON rows (trace)")
+        self.database.execute("CREATE INDEX by_kind ON rows (kind)")
+        self.write(stored_rows(Version(key, version, part, None) for key, (version, part)
+                               in self.latest.items()))
+        for statement in LIVE_ROOTS:  # counting from here on, from the count so far
+            self.database.execute(statement)
+        self.database.execute("INSERT INTO live VALUES (?)", (self.live,))
+        self.latest, self.keys_of_trace = {}, {}
+
+    def cases_of(self, traces: Iterable[Any]) -> Iterator[Dict[str, Any]]:
+        """The cases of these traces (as `add` named them), in no particular order."""
+        if self.database is not None:
+            for trace in traces:
+                yield from cases_stored(self.database.execute(ROOTS_OF_TRACE, (trace,)))
+            return
+        for trace in traces:
+            yield from cases_from({key: self.latest[key]
+                                   for key in self.keys_of_trace.get(trace, ())})
 
     def write(self, rows: Iterable[tuple]) -> None:
         assert self.database is not None
@@ -1781,13 +1838,7 @@ class Store:
     def cases(self) -> Iterator[Dict[str, Any]]:
         if self.database is None:
             return cases_from(self.latest)
-        return cases_stored(self.database)
-
-    def count(self) -> int:
-        if self.database is None:
-            return count_roots(self.latest)
-        return self.database.execute(f"SELECT COUNT(*) FROM rows WHERE kind = {ROOT}"
-                                     ).fetchone()[0]
+        return cases_stored(self.database.execute(ROOTS_WITH_TRACES))
 
     def close(self) -> None:
         if self.database is not None:
@@ -1803,8 +1854,12 @@ def passes_score(scores: Dict[str, Any], test: ScoreTest) -> bool:
     return is_number(value) and COMPARISONS[test.op](value, test.number)
 
 
+def keep_all(case: Dict[str, Any]) -> bool:
+    return True
+
+
 def case_filter(args: argparse.Namespace) -> Callable[[Dict[str, Any]], bool]:
-    """The flags' filters, joined with AND, as one test of a case."""
+    """The flags' filters, joined with AND, as one test of a case (keep_all: none)."""
     tests: List[Callable[[Dict[str, Any]], bool]] = []
     if args.edited_only:
         tests.append(lambda case: case["edited"])
@@ -1818,7 +1873,7 @@ def case_filter(args: argparse.Namespace) -> Callable[[Dict[str, Any]], bool]:
             tag for tag in case["tags"] if isinstance(tag, str)))
     if args.regressions_only:
         tests.append(lambda case: case["status"] == "regressed")
-    return lambda case: all(test(case) for test in tests)
+    return (lambda case: all(test(case) for test in tests)) if tests else keep_all
 
 
 def closest_first(name: str, known: Iterable[str], most: int = 10) -> str:
@@ -2732,219 +2787,78 @@ def write_stdout(chunks: Iterable[bytes]) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# main
+# The run, as a pipeline: options -> experiment and baseline -> store -> cases ->
+# comparison -> filters -> output -> verdict. One reporter says everything on stderr.
 # ---------------------------------------------------------------------------------------
 
-def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
-                    args: argparse.Namespace, announce: Callable[[str], None],
-                    progress: Optional[Callable[..., None]], so_far: Dict[str, Any],
-                    label: str = "", count: Optional[Callable[[Store], int]] = None,
-                    stop_at: Optional[int] = None,
-                    note: Callable[[str], None] = lambda line: None) -> Store:
-    """Every page of one experiment folded into a store of newest versions. `count` says
-    how many records the pages so far give: shown as progress, and with `stop_at`, no page
-    is requested once it reaches that many (nor ahead of time: it may not be needed).
-    `so_far` keeps how far it got, for the line an interrupted run ends with."""
-    with_costs = (args.summary or args.format in ("markdown", "junit")
-                  or "metrics" in args.include)
-    store = Store(settings.spill_after, with_costs)
-    count = count or Store.count
-    pages = found = 0
-    so_far.update(label=label, pages=0, records=0)
-    try:
-        for page, size in fetch_pages(session, settings, experiment_id, args.limit, announce,
-                                      label, ahead=not stop_at, note=note):
-            try:
-                store.add(page, size)
-            except MalformedAnswer as error:
-                raise MalformedAnswer(f"{label}page {pages + 1}: {error}") from None
-            pages += 1
-            del page  # before the next page is parsed: one parsed page at a time
-            so_far["pages"] = pages
-            if progress or stop_at:
-                found = so_far["records"] = count(store)
-                if progress:
-                    progress(f"{label}page {pages}: {plural(found, 'record')} so far, "
-                             f"{time.monotonic() - so_far['started']:.1f} s")
-                if stop_at and found >= stop_at:
-                    found = stop_at
-                    break
-    except (KeyboardInterrupt, Terminated):
-        so_far["records"] = store.count()
-        store.close()
-        raise
-    except BaseException:
-        store.close()
-        raise
-    if progress:
-        progress(f"{label}{plural(found, 'record')} from {plural(pages, 'page')} in "
-                 f"{time.monotonic() - so_far['started']:.1f} s", done=True)
-    return store
+class Reporter:
+    """Stderr, all of it: messages, notes, retry notices (from any thread), progress (a
+    line that keeps updating on a terminal, a line a page with --verbose), the key always
+    redacted; and how far the run got, for the line an interrupted run ends with."""
 
+    def __init__(self, terminal: bool, quiet: bool = False, verbose: bool = False):
+        self.terminal, self.quiet, self.verbose = terminal, quiet, verbose
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.label, self.pages, self.live, self.writing = "", 0, 0, False
 
-def run(args: argparse.Namespace, target: Target, settings: Settings,
-        tell: Callable[[str], None], progress: Optional[Callable[[str], None]],
-        so_far: Dict[str, Any]) -> None:
-    # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
-    # growing record table on every page it parses: reference counting frees everything.
-    gc.disable()
-    announce = (lambda line: None) if args.quiet else tell
-    note = tell if args.verbose else (lambda line: None)
-    baseline_target = (parse_baseline(args.baseline, target) if args.baseline is not None
-                       else None)
-    session = open_session(settings)
-    experiment_id = resolve_experiment(session, settings, target, announce)
-    if args.verbose and target.id is None:
-        tell(f"{target.name!r} in project {target.project!r} is experiment {experiment_id}")
-    index = None
-    if baseline_target is not None:
-        baseline_id = (base_experiment_id(session, settings, experiment_id, announce)
-                       if baseline_target == AUTO else
-                       resolve_experiment(session, settings, baseline_target, announce))
-        if baseline_id == experiment_id:
-            raise UsageError(f"--baseline is experiment {experiment_id} itself: compare with "
-                             "another one")
-        if args.verbose:
-            tell(f"baseline: experiment {baseline_id}")
-        baseline_store = read_experiment(session, settings, baseline_id, args, announce,
-                                         progress, so_far, label="baseline ", note=note)
-        try:
-            index = index_baseline(baseline_store.cases())
-        finally:
-            baseline_store.close()
-    try:
-        write_output(args, experiment_id, index, baseline_id if index else None,
-                     lambda count, stop_at: read_experiment(
-                         session, settings, experiment_id, args, announce, progress, so_far,
-                         count=count, stop_at=stop_at, note=note), so_far, announce)
-    finally:
-        session.close()
-        if index is not None:
-            index.close()
+    def say(self, message: str) -> None:
+        """A message that always shows: an error, a verdict."""
+        with self.lock:
+            sys.stderr.write(("\r\x1b[K" if self.terminal else "") + REDACT(message) + "\n")
+            sys.stderr.flush()
 
+    def note(self, message: str) -> None:
+        """What a careful user wants to know (retries, notes): hidden by --quiet."""
+        if not self.quiet:
+            self.say(message)
 
-class Regressed(Exception):
-    """--fail-on-regression found a regression: exit 3, once the output is written."""
+    def detail(self, message: str) -> None:
+        """What --verbose adds."""
+        if self.verbose:
+            self.say(message)
 
+    def reading(self, label: str) -> None:
+        self.label, self.pages, self.live = label, 0, 0
 
-def write_output(args: argparse.Namespace, experiment_id: str,
-                 index: Optional[sqlite3.Connection], baseline_id: Optional[str],
-                 read: Callable[..., Store], so_far: Dict[str, Any],
-                 warn: Callable[[str], None]) -> None:
-    """Read the experiment, then write what the flags ask for, case by case; then judge
-    the printed records for --fail-on-regression."""
-    keep = case_filter(args)
-    # Every score name and tag met before the filters: to say which names match nothing.
-    known_scores: set = set()
-    known_tags: set = set()
+    def page(self, pages: int, live: int, shown: int) -> None:
+        """A page is in: `live` records so far, `shown` of them counted (the chosen ones
+        with --max-results and filters)."""
+        self.pages, self.live = pages, live
+        self.progress(f"{self.label}page {pages}: {plural(shown, 'record')} so far, "
+                      f"{self.elapsed():.1f} s")
 
-    def selected(store: Store) -> Iterator[Dict[str, Any]]:
-        for case in store.cases():
-            known_scores.update(case["scores"])
-            known_tags.update(tag for tag in case["tags"] if isinstance(tag, str))
-            if index is not None:
-                case.update(comparison(case, baseline_match(index, case_key(case)),
-                                       args.min_drop))
-                known_scores.update((case["baseline"] or {}).get("scores", ()))
-            if keep(case):
-                yield case
+    def read(self, records: int) -> None:
+        self.progress(f"{self.label}{plural(records, 'record')} from "
+                      f"{plural(self.pages, 'page')} in {self.elapsed():.1f} s", done=True)
 
-    store = read(lambda table: sum(1 for _ in islice(selected(table), args.max_results)),
-                 args.max_results)
-    # The collector is back for the output: json's indenting encoder leaves a reference
-    # cycle behind for every record. What is held now is frozen, so it is never rescanned.
-    gc.freeze()
-    gc.enable()
-    gate = None if args.gate is None else Gate(frozenset(args.gate) or None, args.gate_mode,
-                                               args.min_drop, args.allow_missing)
-    tally = Tally(index is not None, args.min_drop, gate.scores if gate else None)
-    try:
-        missing, examples = 0, []
-        if index is not None and (gate is not None or args.summary
-                                  or args.format in ("markdown", "junit")):
-            # Baseline cases that no case read has, before any filter or --max-results.
-            missing = unread_baseline_cases(index, (case_key(case) for case in store.cases()))
-            examples = unread_examples(index)
+    def progress(self, line: str, done: bool = False) -> None:
+        if self.verbose:
+            self.say(line)
+        elif self.terminal and not self.quiet:
+            with self.lock:  # the last line is ended, so the output starts on its own
+                sys.stderr.write("\r\x1b[K" + fitted(line) + ("\n" if done else ""))
+                sys.stderr.flush()
 
-        def cases() -> Iterator[Dict[str, Any]]:
-            return islice(selected(store), args.max_results)
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
-        def summary() -> Dict[str, Any]:
-            """The tally's summary, once the cases have passed through it."""
-            return tally.summary(experiment_id, baseline_id, missing)
-
-        strict = StrictJson()
-        keys = record_keys(args)
-        if args.format == "markdown":
-            listing = Listing([], {})
-            for _ in listed(map(tally.add, cases()), listing, index is not None,
-                            args.min_drop, args.truncate or REPORT_PREVIEW):
-                pass
-            chunks = render_markdown(summary(), listing)
-        elif args.summary:
-            for case in cases():
-                tally.add(case)
-            chunks = render_summary(summary(), args.format, strict)
-        elif args.format == "junit":  # the suite's counts and verdict come first: two passes
-            for case in cases():
-                tally.add(case)
-            report = summary()
-            verdict = (None if gate is None else
-                       gate_failures(gate, report, tally.gate_regressed, examples))
-            chunks = render_junit(report, verdict, cases(), args.min_drop)
-        else:  # the records; the gate's tally, when there is a gate, counts them on the way
-            printed = cases() if gate is None else map(tally.add, cases())
-            records = (as_record(case, keys, args.truncate) for case in printed)
-            if args.format == "csv":
-                chunks = render_csv(lambda: (name for case in cases()
-                                             for name in case["scores"]), records, keys, strict)
-            else:
-                chunks = render(records, args.format, strict)
-        so_far["writing"] = True
-        if args.output:
-            write_file(args.output, chunks)
+    def how_far(self, output: Optional[str], existed: bool) -> str:
+        """What an interrupted run had done, and what it left of the output."""
+        if self.writing:
+            done = "while writing the output"
+        elif self.pages:
+            done = (f"after {plural(self.pages, 'page')} of the {self.label}experiment "
+                    f"({plural(self.live, 'record')} so far)")
         else:
-            write_stdout(chunks)
-    finally:
-        store.close()
-    if strict.nulls:
-        warn(f"{PROG}: note: {plural(strict.nulls, 'value')} in the experiment "
-             f"{'was' if strict.nulls == 1 else 'were'} NaN or infinite, which JSON cannot "
-             "hold: written as null")
-    for line in unmatched_filters(args, known_scores, known_tags):
-        warn(line)
-    if gate is None:
-        return
-    unknown = sorted(args.gate - known_scores)
-    if unknown:
-        raise UsageError(f"--fail-on-regression: no record or baseline case has the score "
-                         f"{', '.join(map(repr, unknown))} (the scores: "
-                         f"{', '.join(map(repr, sorted(known_scores))) or 'none'}), so it "
-                         "could never fail; check the name (it is exact and case-sensitive)")
-    failures = gate_failures(gate, tally.summary(experiment_id, baseline_id, missing),
-                             tally.gate_regressed, examples)
-    if failures:
-        raise Regressed(f"{failures[0]} against baseline {baseline_id} (--fail-on-regression)"
-                        + "".join(f"; {failure}" for failure in failures[1:]))
-
-
-def how_far(so_far: Dict[str, Any], output: Optional[str], existed: bool) -> str:
-    """What an interrupted run had done, and what it left of the output."""
-    if so_far.get("writing"):
-        done = "while writing the output"
-    elif so_far.get("pages"):
-        done = (f"after {plural(so_far['pages'], 'page')} of the {so_far['label'] or ''}"
-                f"experiment ({plural(so_far['records'], 'record')} so far)")
-    else:
-        done = "before the first page came"
-    if output is None:
-        left = ("what reached stdout is incomplete" if so_far.get("writing")
-                else "nothing was printed")
-    elif not is_regular_or_missing(output):
-        left = f"{output!r} got {'part of the output' if so_far.get('writing') else 'nothing'}"
-    else:
-        left = f"{output!r} is unchanged" if existed else f"no {output!r} was written"
-    return f"{done}; {left}"
+            done = "before the first page came"
+        if output is None:
+            left = "what reached stdout is incomplete" if self.writing else "nothing was printed"
+        elif not is_regular_or_missing(output):
+            left = f"{output!r} got {'part of the output' if self.writing else 'nothing'}"
+        else:
+            left = f"{output!r} is unchanged" if existed else f"no {output!r} was written"
+        return f"{done}; {left}"
 
 
 def fitted(line: str) -> str:
@@ -2957,15 +2871,235 @@ def fitted(line: str) -> str:
     return line if len(line) < columns else line[: max(columns - 2, 1)] + "…"
 
 
+def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
+                    args: argparse.Namespace, reporter: Reporter, label: str = "",
+                    stop_at: Optional[int] = None,
+                    chosen: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Store:
+    """Every page of one experiment folded into a store of newest versions. With
+    --max-results, no page is requested once the pages so far give that many records
+    (nor ahead of time: it may not be needed), counting only the `chosen` ones when given;
+    each page's cases are judged again, and only those (constant work per page)."""
+    with_costs = (args.summary or args.format in ("markdown", "junit")
+                  or "metrics" in args.include)
+    store = Store(settings.spill_after, with_costs)
+    passing: Dict[Any, int] = {}  # with `chosen`: each trace's cases that are chosen
+    pages = found = 0
+    reporter.reading(label)
+    try:
+        for page, size in fetch_pages(session, settings, experiment_id, args.limit,
+                                      reporter.note, label, ahead=not stop_at,
+                                      note=reporter.detail):
+            try:
+                touched = store.add(page, size)
+            except MalformedAnswer as error:
+                raise MalformedAnswer(f"{label}page {pages + 1}: {error}") from None
+            pages += 1
+            del page  # before the next page is parsed: one parsed page at a time
+            if chosen is not None and stop_at:
+                for trace in touched:
+                    now = sum(map(chosen, store.cases_of([trace])))
+                    found += now - passing.get(trace, 0)
+                    passing[trace] = now
+            else:
+                found = store.live
+            reporter.page(pages, store.live, found)
+            if stop_at and found >= stop_at:
+                found = stop_at
+                break
+    except BaseException:
+        store.close()
+        raise
+    reporter.read(found)
+    return store
+
+
+class Comparison(NamedTuple):
+    """--baseline, once read: the baseline's id, and its cases by key in a scratch database
+    (a baseline of any size costs no memory). None stands for "no baseline"."""
+    baseline_id: str
+    index: sqlite3.Connection
+    min_drop: float
+
+    def compared(self, case: Dict[str, Any]) -> Dict[str, Any]:
+        """The case, with what --baseline adds: baseline, diff, lost_scores, new_error, status."""
+        case.update(comparison(case, baseline_match(self.index, case_key(case)),
+                               self.min_drop))
+        return case
+
+    def score_names(self) -> set:
+        """Every score name that a baseline case holds a number for."""
+        return {name for trial, in self.index.execute("SELECT trial FROM baseline")
+                for name, value in marshal.loads(trial)[2].items() if is_number(value)}
+
+    def missing(self, store: Store) -> Tuple[int, List[str]]:
+        """Baseline cases that no case read has (before any filter), and a few of them."""
+        return (unread_baseline_cases(self.index, map(case_key, store.cases())),
+                unread_examples(self.index))
+
+
+def read_baseline(session: requests.Session, settings: Settings, args: argparse.Namespace,
+                  baseline: Union[Target, str, None], experiment_id: str, reporter: Reporter
+                  ) -> Optional[Comparison]:
+    """The baseline --baseline names, read in full and indexed by case key; None without."""
+    if baseline is None:
+        return None
+    baseline_id = (base_experiment_id(session, settings, experiment_id, reporter.note)
+                   if baseline == AUTO else
+                   resolve_experiment(session, settings, baseline, reporter.note))
+    if baseline_id == experiment_id:
+        raise UsageError(f"--baseline is experiment {experiment_id} itself: compare with "
+                         "another one")
+    reporter.detail(f"baseline: experiment {baseline_id}")
+    store = read_experiment(session, settings, baseline_id, args, reporter, "baseline ")
+    try:
+        return Comparison(baseline_id, index_baseline(store.cases()), args.min_drop)
+    finally:
+        store.close()
+
+
+def chosen_cases(store: Store, compared: Optional[Comparison],
+                 keep: Callable[[Dict[str, Any]], bool], most: Optional[int]
+                 ) -> Iterator[Dict[str, Any]]:
+    """The cases to print, in the order their roots came: compared, filtered, the first
+    `most` of them."""
+    cases = store.cases() if compared is None else map(compared.compared, store.cases())
+    return islice(filter(keep, cases), most)
+
+
+def names_read(store: Store, compared: Optional[Comparison]) -> Tuple[set, set]:
+    """Every score name and tag that a case read has (and a baseline case, for scores):
+    to say which filter or gated name matches nothing."""
+    scores, tags = set(), set()
+    for case in store.cases():
+        scores.update(case["scores"])
+        tags.update(tag for tag in case["tags"] if isinstance(tag, str))
+    return scores | (compared.score_names() if compared else set()), tags
+
+
+class Regressed(Exception):
+    """--fail-on-regression found a regression: exit 3, once the output is written."""
+
+
+def rendered(args: argparse.Namespace, experiment_id: str, compared: Optional[Comparison],
+             cases: Callable[[], Iterator[Dict[str, Any]]], tally: "Tally",
+             missing: Tuple[int, List[str]], strict: StrictJson) -> Iterator[bytes]:
+    """The output the flags ask for, chunk by chunk; every case printed passes through
+    `tally`, which the summary, the reports and the gate read."""
+    baseline_id = compared.baseline_id if compared else None
+    keys = record_keys(args)
+    if args.format == "markdown":
+        listing = Listing([], {})
+        for _ in listed(map(tally.add, cases()), listing, compared is not None,
+                        args.min_drop, args.truncate or REPORT_PREVIEW):
+            pass
+        return render_markdown(tally.summary(experiment_id, baseline_id, missing[0]), listing)
+    if args.summary:
+        for case in cases():
+            tally.add(case)
+        return render_summary(tally.summary(experiment_id, baseline_id, missing[0]),
+                              args.format, strict)
+    if args.format == "junit":  # the suite's counts and verdict come first: two passes
+        for case in cases():
+            tally.add(case)
+        summary = tally.summary(experiment_id, baseline_id, missing[0])
+        verdict = (None if args.gate is None else
+                   gate_failures(gate_of(args), summary, tally.gate_regressed, missing[1]))
+        return render_junit(summary, verdict, cases(), args.min_drop)
+    counted = cases() if args.gate is None else map(tally.add, cases())  # for the gate
+    records = (as_record(case, keys, args.truncate) for case in counted)
+    if args.format == "csv":
+        return render_csv(lambda: (name for case in cases() for name in case["scores"]),
+                          records, keys, strict)
+    return render(records, args.format, strict)
+
+
+def gate_of(args: argparse.Namespace) -> Gate:
+    return Gate(frozenset(args.gate) or None, args.gate_mode, args.min_drop,
+                args.allow_missing)
+
+
+def write_output(args: argparse.Namespace, experiment_id: str,
+                 compared: Optional[Comparison], store: Store,
+                 reporter: Reporter) -> Optional[str]:
+    """Write what the flags ask for; then the notes, and the gate's verdict: why it failed
+    (None: it passed, or there is no gate)."""
+    # The collector is back for the output: json's indenting encoder leaves a reference
+    # cycle behind for every record. What is held now is frozen, so it is never rescanned.
+    gc.freeze()
+    gc.enable()
+    gate = None if args.gate is None else gate_of(args)
+    tally = Tally(compared is not None, args.min_drop, gate.scores if gate else None)
+    missing = (compared.missing(store) if compared is not None and (
+        gate is not None or args.summary or args.format in ("markdown", "junit")) else (0, []))
+    keep = case_filter(args)
+    strict = StrictJson()
+    chunks = rendered(args, experiment_id, compared,
+                      lambda: chosen_cases(store, compared, keep, args.max_results), tally,
+                      missing, strict)
+    reporter.writing = True
+    if args.output:
+        write_file(args.output, chunks)
+    else:
+        write_stdout(chunks)
+    if strict.nulls:
+        reporter.note(f"{PROG}: note: {plural(strict.nulls, 'value')} in the experiment "
+                      f"{'was' if strict.nulls == 1 else 'were'} NaN or infinite, which JSON "
+                      "cannot hold: written as null")
+    known_scores, known_tags = (names_read(store, compared) if args.score or args.tag or (
+        gate is not None and gate.scores) else (set(), set()))
+    for line in unmatched_filters(args, known_scores, known_tags):
+        reporter.note(line)
+    if gate is None:
+        return None
+    unknown = sorted((gate.scores or set()) - known_scores)
+    if unknown:
+        raise UsageError(f"--fail-on-regression: no record or baseline case has the score "
+                         f"{', '.join(map(repr, unknown))} (the scores: "
+                         f"{', '.join(map(repr, sorted(known_scores))) or 'none'}), so it "
+                         "could never fail; check the name (it is exact and case-sensitive)")
+    failures = gate_failures(gate, tally.summary(experiment_id, None, missing[0]),
+                             tally.gate_regressed, missing[1])
+    if not failures:
+        return None
+    return (f"{failures[0]} against baseline {compared.baseline_id} (--fail-on-regression)"
+            + "".join(f"; {failure}" for failure in failures[1:]))
+
+
+def run(args: argparse.Namespace, target: Target, baseline: Union[Target, str, None],
+        settings: Settings, reporter: Reporter) -> Optional[str]:
+    """The run, step by step; the gate's verdict (None: no gate, or it passed)."""
+    # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
+    # growing record table on every page it parses: reference counting frees everything.
+    gc.disable()
+    session = open_session(settings)
+    try:
+        experiment_id = resolve_experiment(session, settings, target, reporter.note)
+        if target.id is None:
+            reporter.detail(f"{target.name!r} in project {target.project!r} is experiment "
+                            f"{experiment_id}")
+        compared = read_baseline(session, settings, args, baseline, experiment_id, reporter)
+        try:
+            keep = case_filter(args)
+            filtering = keep is not keep_all
+            store = read_experiment(session, settings, experiment_id, args, reporter,
+                                    stop_at=args.max_results,
+                                    chosen=(None if not filtering else
+                                            keep if compared is None else
+                                            lambda case: keep(compared.compared(case))))
+            try:
+                return write_output(args, experiment_id, compared, store, reporter)
+            finally:
+                store.close()
+        finally:
+            if compared is not None:
+                compared.index.close()
+    finally:
+        session.close()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    stderr_is_tty = sys.stderr.isatty()
-
-    def tell(message: str) -> None:
-        sys.stderr.write(("\r\x1b[K" if stderr_is_tty else "") + REDACT(message) + "\n")
-        sys.stderr.flush()
-
+    reporter = Reporter(sys.stderr.isatty())
     SIGNALS.install()
-    so_far: Dict[str, Any] = {"started": time.monotonic()}
     output, existed = None, False
     try:
         REDACT.add(key_in_sight(dict(os.environ)))  # before any message about the arguments
@@ -2976,57 +3110,50 @@ def main(argv: Optional[List[str]] = None) -> int:
             write_stdout([encode(output_schema(args), INDENTED) + b"\n"])
             return EXIT_OK
         target = parse_target(args.experiment, args.project, args.org)
+        baseline = None if args.baseline is None else parse_baseline(args.baseline, target)
         settings = read_settings(args, dict(os.environ))
         REDACT.add(settings.key)
-
-        def overwrite(line: str, done: bool = False) -> None:
-            # The last line is ended, so output on the same terminal starts on a line of its own.
-            sys.stderr.write("\r\x1b[K" + fitted(line) + ("\n" if done else ""))
-            sys.stderr.flush()
-
-        # A line per page with --verbose; on a terminal, one line that keeps updating.
-        progress: Optional[Callable[..., None]] = None
-        if args.verbose:
-            progress = lambda line, done=False: tell(line)  # noqa: E731
-        elif stderr_is_tty and not args.quiet:
-            progress = overwrite
-        run(args, target, settings, tell, progress, so_far)
+        reporter = Reporter(reporter.terminal, args.quiet, args.verbose)
+        verdict = run(args, target, baseline, settings, reporter)
+        if verdict is not None:
+            raise Regressed(verdict)
         return EXIT_OK
     except UsageError as error:
-        tell(f"{PROG}: error: {error}")
+        reporter.say(f"{PROG}: error: {error}")
         return EXIT_USAGE
     except Regressed as verdict:
-        tell(f"{PROG}: {verdict}")
+        reporter.say(f"{PROG}: {verdict}")
         return EXIT_REGRESSED
     except ApiError as error:
-        tell(f"{PROG}: error: {error}")
+        reporter.say(f"{PROG}: error: {error}")
         return EXIT_API
     except KeyboardInterrupt:
-        tell(f"{PROG}: interrupted {how_far(so_far, output, existed)}")
+        reporter.say(f"{PROG}: interrupted {reporter.how_far(output, existed)}")
         return EXIT_INTERRUPTED
     except Terminated:
-        tell(f"{PROG}: terminated {how_far(so_far, output, existed)}")
+        reporter.say(f"{PROG}: terminated {reporter.how_far(output, existed)}")
         return EXIT_TERMINATED
     except BrokenPipeError:
         # The reader went away (| head): not an error of ours; silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except RecursionError:  # a value nested deeper than Python's stack: the data, not a bug
-        tell(f"{PROG}: error: the experiment holds a value nested deeper than this Python "
-             f"can handle (about {sys.getrecursionlimit()} levels of arrays or objects)")
+        reporter.say(f"{PROG}: error: the experiment holds a value nested deeper than this "
+                     f"Python can handle (about {sys.getrecursionlimit()} levels of arrays or "
+                     "objects)")
         return EXIT_API
     except sqlite3.Error as error:  # the temporary store: its disk is full, most likely
-        tell(f"{PROG}: error: the temporary store in {tempfile.gettempdir()!r} failed "
-             f"({error}); free some space there, or point TMPDIR at a folder with more room "
-             "(the store takes about what the records would as JSON)")
+        reporter.say(f"{PROG}: error: the temporary store in {tempfile.gettempdir()!r} failed "
+                     f"({error}); free some space there, or point TMPDIR at a folder with more "
+                     "room (the store takes about what the records would as JSON)")
         return EXIT_API
     except OSError as error:  # writing stdout failed: disk full...
         where = f" ({error.filename})" if error.filename else ""
-        tell(f"{PROG}: error: {error.strerror or error}{where}")
+        reporter.say(f"{PROG}: error: {error.strerror or error}{where}")
         return EXIT_API
     except Exception as error:  # a bug of ours: still one line, and never the key
-        tell(f"{PROG}: error: unexpected {type(error).__name__}: {clean_text(str(error))}; "
-             "please report this with the command you ran")
+        reporter.say(f"{PROG}: error: unexpected {type(error).__name__}: "
+                     f"{clean_text(str(error))}; please report this with the command you ran")
         return EXIT_API
 
 
