@@ -16,6 +16,11 @@ reports it for that child alone):
 It prints the medians of several runs, the ratios script/floor (time) and script/naive
 (memory), and the requests and TCP connections of one script run.
 
+With --pipeline (issue 23), 6,000 small traces in 100 pages, three of them tagged `late`
+and served last: the script with progress off (--quiet) and on (--verbose, a line a page),
+and `--tag late --max-results 3` (whose matches come on the last page) against the full
+fetch. Each page's work must not grow with the pages before it.
+
 With --network, the fake takes a fixed server time to build each page and streams each body
 at a limited rate (per connection), and the rows compare the sequential floor with the
 script requesting the next page while this one arrives, and with that turned off
@@ -216,6 +221,65 @@ def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, run
     return table
 
 
+LATE_TAG = "late"
+
+
+def start_tagged_fake(traces: int, spans: int, trace_bytes: int) -> FakeBraintrust:
+    """The fake with one experiment whose first three cases, served last (the API serves
+    newest first), carry the tag LATE_TAG."""
+    fake = FakeBraintrust()
+    rows = synthetic_experiment(EXPERIMENT_ID, traces, spans, trace_bytes)
+    roots = [row for row in rows if row.get("is_root")]
+    for root in roots[:3]:
+        root["tags"] = [LATE_TAG]
+    fake.add(Experiment(rows), EXPERIMENT_ID)
+    gc.freeze()
+    return fake
+
+
+def run_pipeline_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int,
+                           runs: int, out=sys.stdout, script_path: Path = SCRIPT
+                           ) -> Dict[str, float]:
+    """Progress on against off, and --max-results with a filter whose matches come last
+    against the full fetch: the ratios issue 23 sets (1.05 and 1.10 at most)."""
+    fake = start_tagged_fake(traces, spans, trace_bytes)
+    try:
+        env = client_env(fake)
+        script = [sys.executable, str(script_path), EXPERIMENT_ID, "--limit", str(page_size)]
+        clients = {"script --quiet": script + ["--quiet"],
+                   "script --verbose": script + ["--verbose"],
+                   "script (full fetch)": script,
+                   f"script --tag {LATE_TAG} --max-results 3":
+                       script + ["--tag", LATE_TAG, "--max-results", "3"]}
+        measure(clients["script --quiet"], env)  # warm the fake's page cache
+        samples: Dict[str, List[float]] = {name: [] for name in clients}
+        for _ in range(runs):
+            for name, command in clients.items():
+                samples[name].append(measure(command, env)[0])
+        fake.reset()
+        measure(clients[f"script --tag {LATE_TAG} --max-results 3"], env)
+        requests_made = len(fake.fetches())
+    finally:
+        fake.close()
+    seconds = {name: statistics.median(got) for name, got in samples.items()}
+    pages = -(-traces // page_size)
+    progress = seconds["script --verbose"] / seconds["script --quiet"]
+    late = (seconds[f"script --tag {LATE_TAG} --max-results 3"]
+            / seconds["script (full fetch)"])
+    print(f"{script_path.relative_to(SCRIPT.parents[4])}: "
+          f"{traces} traces x {spans} spans in {pages} pages of {page_size}, median of {runs} "
+          f"runs; Python {platform.python_version()}, {platform.machine()}, "
+          f"{os.cpu_count()} cores", file=out)
+    print("| client | wall time (s) |", file=out)
+    print("| --- | ---: |", file=out)
+    for name, value in seconds.items():
+        print(f"| {name} | {value:.2f} |", file=out)
+    print(f"progress on / off: {progress:.2f} (target 1.05 at most); --tag {LATE_TAG} "
+          f"--max-results 3 / full fetch: {late:.2f} (target 1.10 at most), "
+          f"{requests_made} requests", file=out)
+    return {"progress": progress, "late": late, "requests": requests_made}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--traces", type=int, default=3000)
@@ -228,7 +292,20 @@ def main(argv: Optional[List[str]] = None) -> None:
                         "(page size then 250: 12 pages)")
     parser.add_argument("--server-delay", type=float, default=0.25,
                         help="with --network: seconds to build each page")
+    parser.add_argument("--script", type=Path, default=SCRIPT,
+                        help="with --pipeline: the script to measure (e.g. the previous "
+                        "release, tests/previous_release/fetch_experiment_results.py)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="progress on and off, and --max-results with a late filter "
+                        "(6,000 traces of 2 KB in pages of 60, unless given)")
     args = parser.parse_args(argv)
+    if args.pipeline:
+        traces = args.traces if args.traces != 3000 else 6000
+        trace_bytes = args.trace_bytes if args.trace_bytes != 12_000 else 2000
+        page_size = args.page_size if args.page_size != 200 else 60
+        run_pipeline_benchmark(traces, args.spans, trace_bytes, page_size, args.runs,
+                               script_path=args.script.resolve())
+        return
     if args.network and args.page_size == 200:
         args.page_size = 250
     run_benchmark(args.traces, args.spans, args.trace_bytes, args.page_size, args.runs,

@@ -66,3 +66,12 @@ def test_the_memory_benchmark_measures_a_run_and_the_store_it_keeps_on_disk():
     assert seconds > 0 and peak_mib > 1
     assert store_mib > 0  # the store's file was seen while the script ran
     assert in_memory[2] == 0  # 200 small traces stay in memory by default
+
+
+def test_the_pipeline_rows_run_and_the_late_filter_reads_every_page():
+    out = io.StringIO()
+    figures = benchmark.run_pipeline_benchmark(traces=30, spans=5, trace_bytes=300,
+                                               page_size=3, runs=1, out=out)
+    # The tagged cases are the three served last: all ten pages are needed, and no more.
+    assert figures["requests"] == 10
+    assert "progress on / off: " in out.getvalue()
