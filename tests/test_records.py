@@ -31,8 +31,8 @@ def records(*pages, edited_only=False):
     latest = {}
     for page in pages:
         script.absorb(latest, page)
-    args = script.parse_args(["x", *(["--edited-only"] if edited_only else [])])
-    keep, keys = script.case_filter(args), script.record_keys(args)
+    keep = script.case_filter(script.Filters(edited_only=edited_only))
+    keys = script.record_keys((), compared=False, edited_only=edited_only)
     return [script.as_record(case, keys, None) for case in script.cases_from(latest)
             if keep(case)]
 
@@ -387,9 +387,10 @@ def test_truncated_cuts_strings_longer_than_n_and_says_how_many_characters_went(
 
 
 def test_record_keys_put_include_then_the_comparison_then_edited_last():
-    args = script.parse_args(["x", "--include", "error,id", "--baseline", "auto",
-                              "--edited-only"])
-    assert script.record_keys(args) == [
+    options = script.parse_args(["x", "--include", "error,id", "--baseline", "auto",
+                                 "--edited-only"])
+    assert script.record_keys(options.include, options.baseline is not None,
+                              options.filters.edited_only) == [
         "root_span_id", "input", "output", "expected", "metadata", "scores", "origin",
         "id", "error", "baseline", "diff", "lost_scores", "new_error", "status", "edited"]
 
@@ -499,8 +500,7 @@ def test_the_next_cursor_is_the_bodys_then_the_answers_headers_then_a_redirects(
 
 def settings_with(monkeypatch, tmp_path, **environ):
     monkeypatch.chdir(tmp_path)  # no .env around
-    args = script.parse_args(["x"])
-    return script.read_settings(args, {"BRAINTRUST_API_KEY": "sk-unit", **environ})
+    return script.read_settings({"BRAINTRUST_API_KEY": "sk-unit", **environ})
 
 
 def test_retries_and_requests_in_flight_default_to_5_and_2(monkeypatch, tmp_path):

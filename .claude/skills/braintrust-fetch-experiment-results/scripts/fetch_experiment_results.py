@@ -245,7 +245,44 @@ def score_test(text: str) -> ScoreTest:
     return ScoreTest(match["name"], match["op"], number)
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+class Filters(NamedTuple):
+    """The flags that choose records, joined with AND."""
+    edited_only: bool = False
+    errors_only: bool = False
+    scores: Tuple[ScoreTest, ...] = ()
+    tags: Tuple[str, ...] = ()
+    regressions_only: bool = False
+
+
+class Options(NamedTuple):
+    """The command line, read once; nothing changes it afterwards."""
+    experiment: Optional[str]
+    project: Optional[str] = None
+    org: Optional[str] = None
+    limit: int = MAX_PAGE_SIZE
+    max_results: Optional[int] = None
+    include: Tuple[str, ...] = ()
+    filters: Filters = Filters()
+    baseline: Optional[str] = None
+    gate: Optional["Gate"] = None  # --fail-on-regression, --gate, --allow-missing
+    min_drop: float = 0.0
+    truncate: Optional[int] = None
+    summary: bool = False
+    output_format: str = "json"
+    schema: bool = False
+    output: Optional[str] = None  # None: stdout
+    api_url: Optional[str] = None
+    quiet: bool = False
+    verbose: bool = False
+
+    @property
+    def with_costs(self) -> bool:
+        """Whether each span's few numbers are kept, for metrics to add up."""
+        return (self.summary or self.output_format in ("markdown", "junit")
+                or "metrics" in self.include)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> Options:
     parser = Parser(
         prog=PROG,
         formatter_class=Wrapping,
@@ -340,7 +377,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     talk.add_argument("--verbose", action="store_true", help="print a line on stderr per page")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
-    args.include = include_fields(args.include)
     if args.experiment is None and not args.schema:
         raise UsageError("the following arguments are required: EXPERIMENT")
     for flag, given in (("--regressions-only", args.regressions_only),
@@ -359,16 +395,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.schema and args.format in ("markdown", "junit"):
         raise UsageError(f"--schema describes JSON records: {args.format} is a report, with "
                          "no JSON schema")
-    # The gate: None, none asked; an empty set, a regression on any score; else on these.
-    args.gate = None
-    if args.fail_on_regression is not None:
-        names = [name.strip() for name in args.fail_on_regression]
-        args.gate = set(names) if all(names) else set()
+    gate = None
+    if args.fail_on_regression is not None:  # named scores, or (one given bare) any score
+        names = frozenset(name.strip() for name in args.fail_on_regression)
+        gate = Gate(None if "" in names else names, args.gate_mode, args.min_drop,
+                    args.allow_missing)
     if args.output == "":
         raise UsageError("--output is empty: name a file, or - for stdout")
-    if args.output == "-":
-        args.output = None
-    return args
+    return Options(
+        experiment=args.experiment, project=args.project, org=args.org, limit=args.limit,
+        max_results=args.max_results, include=include_fields(args.include),
+        filters=Filters(args.edited_only, args.errors_only, tuple(args.score or ()),
+                        tuple(args.tag or ()), args.regressions_only),
+        baseline=args.baseline, gate=gate, min_drop=args.min_drop, truncate=args.truncate,
+        summary=args.summary, output_format=args.format, schema=args.schema,
+        output=None if args.output == "-" else args.output, api_url=args.api_url,
+        quiet=args.quiet, verbose=args.verbose)
 
 
 class Settings(NamedTuple):
@@ -383,7 +425,8 @@ class Settings(NamedTuple):
     max_page: int = DEFAULT_MAX_PAGE_MB << 20  # bytes one answer may hold, unpacked
 
 
-def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings:
+def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
+                  output: Optional[str] = None) -> Settings:
     """Key, API URL, timeout and retries, from the environment, else from the nearest .env
     file (the current folder, then its parents)."""
     dotenv_path = find_dotenv(usecwd=True)
@@ -407,7 +450,7 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if not all(33 <= ord(char) <= 126 for char in key):
         raise UsageError("BRAINTRUST_API_KEY holds spaces or characters that cannot go in an "
                          "HTTP header: copy the key again")
-    api_url = checked_api_url(args.api_url or setting("BRAINTRUST_API_URL") or DEFAULT_API_URL)
+    api_url = checked_api_url(api_url or setting("BRAINTRUST_API_URL") or DEFAULT_API_URL)
 
     def seconds(name: str, default: float) -> float:
         text = setting(name) or str(default)
@@ -443,8 +486,8 @@ def read_settings(args: argparse.Namespace, environ: Dict[str, str]) -> Settings
     if in_flight not in ("1", "2"):
         raise UsageError(f"BRAINTRUST_MAX_IN_FLIGHT must be 1 (one page request at a time) or "
                          f"2 (the next page requested while this one arrives), got {in_flight!r}")
-    if args.output:
-        check_writable(args.output)
+    if output:
+        check_writable(output)
     return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight), deadline,
                     spill_after, key_source, max_page)
 
@@ -1858,20 +1901,20 @@ def keep_all(case: Dict[str, Any]) -> bool:
     return True
 
 
-def case_filter(args: argparse.Namespace) -> Callable[[Dict[str, Any]], bool]:
-    """The flags' filters, joined with AND, as one test of a case (keep_all: none)."""
+def case_filter(filters: Filters) -> Callable[[Dict[str, Any]], bool]:
+    """The filters, joined with AND, as one test of a case (keep_all: none)."""
     tests: List[Callable[[Dict[str, Any]], bool]] = []
-    if args.edited_only:
+    if filters.edited_only:
         tests.append(lambda case: case["edited"])
-    if args.errors_only:
+    if filters.errors_only:
         tests.append(lambda case: case["error"] is not None)
-    for score in args.score or []:
+    for score in filters.scores:
         tests.append(lambda case, score=score: passes_score(case["scores"], score))
-    if args.tag:
-        wanted = set(args.tag)
+    if filters.tags:
+        wanted = set(filters.tags)
         tests.append(lambda case: wanted.issubset(
             tag for tag in case["tags"] if isinstance(tag, str)))
-    if args.regressions_only:
+    if filters.regressions_only:
         tests.append(lambda case: case["status"] == "regressed")
     return (lambda case: all(test(case) for test in tests)) if tests else keep_all
 
@@ -1885,18 +1928,18 @@ def closest_first(name: str, known: Iterable[str], most: int = 10) -> str:
     return (listed + (f" and {len(known) - most} more" if len(known) > most else "")) or "none"
 
 
-def unmatched_filters(args: argparse.Namespace, scores: Iterable[str], tags: Iterable[str]
+def unmatched_filters(filters: Filters, scores: Iterable[str], tags: Iterable[str]
                       ) -> List[str]:
     """A note for each --score name and --tag that no record read has: such a filter can
     only leave nothing, which must not pass for "nothing failed"."""
     scores, tags = set(scores), set(tags)
     notes = []
-    for test in args.score or []:
+    for test in filters.scores:
         if test.name not in scores:
             notes.append(f"{PROG}: note: no record has a score named {test.name!r}, so --score "
                          f"matched nothing; the scores (closest first): "
                          f"{closest_first(test.name, scores)}")
-    for tag in dict.fromkeys(args.tag or []):
+    for tag in dict.fromkeys(filters.tags):
         if tag in tags:
             continue
         split = [part.strip() for part in tag.split(",") if part.strip()]
@@ -2311,11 +2354,10 @@ COMPARISON_KEYS = ("baseline", "diff", "lost_scores", "new_error", "status")
 TRUNCATED_KEYS = ("input", "output", "expected", "metadata", "error")
 
 
-def record_keys(args: argparse.Namespace) -> List[str]:
+def record_keys(include: Iterable[str], compared: bool, edited_only: bool) -> List[str]:
     """A record's keys, in order: the standard seven, --include's, the comparison, edited."""
-    return [*STANDARD_KEYS, *args.include,
-            *(COMPARISON_KEYS if args.baseline is not None else ()),
-            *(("edited",) if args.edited_only else ())]
+    return [*STANDARD_KEYS, *include, *(COMPARISON_KEYS if compared else ()),
+            *(("edited",) if edited_only else ())]
 
 
 # What --schema prints: the JSON Schema (draft 2020-12) of one record, or of the summary.
@@ -2376,11 +2418,11 @@ def object_schema(properties: Dict[str, Any], **more: Any) -> Dict[str, Any]:
             "additionalProperties": False, "properties": properties}
 
 
-def summary_schema(args: argparse.Namespace) -> Dict[str, Any]:
+def summary_schema(compared: bool) -> Dict[str, Any]:
     count = {"type": "integer", "minimum": 0}
     mean_or_null = NUMBER_OR_NULL
     score = {"count": count, "mean": mean_or_null, "min": mean_or_null, "max": mean_or_null}
-    if args.baseline is not None:
+    if compared:
         score.update(
             improvements=count, regressions=count, lost=count,
             paired=object_schema({
@@ -2403,23 +2445,23 @@ def summary_schema(args: argparse.Namespace) -> Dict[str, Any]:
                                   "completion_tokens": {"type": "number"},
                                   "tokens": {"type": "number"}}),
     }
-    if args.baseline is not None:
+    if compared:
         summary.update(baseline_experiment_id={"type": "string"}, matched=count, new=count,
                        missing=count, regressed=count, improved=count, unchanged=count,
                        new_errors=count)
     return summary
 
 
-def output_schema(args: argparse.Namespace) -> Dict[str, Any]:
-    """--schema: what one record (or, with --summary, the summary) holds for these flags."""
-    if args.summary:
-        body, title = summary_schema(args), "summary"
+def output_schema(keys: Optional[List[str]], compared: bool, jsonl: bool) -> Dict[str, Any]:
+    """--schema: what one record with these keys holds (keys None: the summary)."""
+    if keys is None:
+        body, title = summary_schema(compared), "summary"
     else:
-        body, title = {key: RECORD_FIELDS[key] for key in record_keys(args)}, "record"
+        body, title = {key: RECORD_FIELDS[key] for key in keys}, "record"
     return object_schema(body, **{
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"{PROG} {__version__}: one {title}" + (
-            " (one line of --format jsonl)" if args.format == "jsonl" else "")})
+            " (one line of --format jsonl)" if jsonl else "")})
 
 
 def truncated(value: Any, most: int) -> Any:
@@ -2872,21 +2914,19 @@ def fitted(line: str) -> str:
 
 
 def read_experiment(session: requests.Session, settings: Settings, experiment_id: str,
-                    args: argparse.Namespace, reporter: Reporter, label: str = "",
+                    options: Options, reporter: Reporter, label: str = "",
                     stop_at: Optional[int] = None,
                     chosen: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Store:
     """Every page of one experiment folded into a store of newest versions. With
     --max-results, no page is requested once the pages so far give that many records
     (nor ahead of time: it may not be needed), counting only the `chosen` ones when given;
     each page's cases are judged again, and only those (constant work per page)."""
-    with_costs = (args.summary or args.format in ("markdown", "junit")
-                  or "metrics" in args.include)
-    store = Store(settings.spill_after, with_costs)
+    store = Store(settings.spill_after, options.with_costs)
     passing: Dict[Any, int] = {}  # with `chosen`: each trace's cases that are chosen
     pages = found = 0
     reporter.reading(label)
     try:
-        for page, size in fetch_pages(session, settings, experiment_id, args.limit,
+        for page, size in fetch_pages(session, settings, experiment_id, options.limit,
                                       reporter.note, label, ahead=not stop_at,
                                       note=reporter.detail):
             try:
@@ -2937,7 +2977,7 @@ class Comparison(NamedTuple):
                 unread_examples(self.index))
 
 
-def read_baseline(session: requests.Session, settings: Settings, args: argparse.Namespace,
+def read_baseline(session: requests.Session, settings: Settings, options: Options,
                   baseline: Union[Target, str, None], experiment_id: str, reporter: Reporter
                   ) -> Optional[Comparison]:
     """The baseline --baseline names, read in full and indexed by case key; None without."""
@@ -2950,9 +2990,9 @@ def read_baseline(session: requests.Session, settings: Settings, args: argparse.
         raise UsageError(f"--baseline is experiment {experiment_id} itself: compare with "
                          "another one")
     reporter.detail(f"baseline: experiment {baseline_id}")
-    store = read_experiment(session, settings, baseline_id, args, reporter, "baseline ")
+    store = read_experiment(session, settings, baseline_id, options, reporter, "baseline ")
     try:
-        return Comparison(baseline_id, index_baseline(store.cases()), args.min_drop)
+        return Comparison(baseline_id, index_baseline(store.cases()), options.min_drop)
     finally:
         store.close()
 
@@ -2980,74 +3020,71 @@ class Regressed(Exception):
     """--fail-on-regression found a regression: exit 3, once the output is written."""
 
 
-def rendered(args: argparse.Namespace, experiment_id: str, compared: Optional[Comparison],
+def rendered(options: Options, experiment_id: str, compared: Optional[Comparison],
              cases: Callable[[], Iterator[Dict[str, Any]]], tally: "Tally",
              missing: Tuple[int, List[str]], strict: StrictJson) -> Iterator[bytes]:
-    """The output the flags ask for, chunk by chunk; every case printed passes through
+    """The output the options ask for, chunk by chunk; every case printed passes through
     `tally`, which the summary, the reports and the gate read."""
     baseline_id = compared.baseline_id if compared else None
-    keys = record_keys(args)
-    if args.format == "markdown":
+    output_format, min_drop = options.output_format, options.min_drop
+    if output_format == "markdown":
         listing = Listing([], {})
-        for _ in listed(map(tally.add, cases()), listing, compared is not None,
-                        args.min_drop, args.truncate or REPORT_PREVIEW):
+        for _ in listed(map(tally.add, cases()), listing, compared is not None, min_drop,
+                        options.truncate or REPORT_PREVIEW):
             pass
         return render_markdown(tally.summary(experiment_id, baseline_id, missing[0]), listing)
-    if args.summary:
+    if options.summary:
         for case in cases():
             tally.add(case)
         return render_summary(tally.summary(experiment_id, baseline_id, missing[0]),
-                              args.format, strict)
-    if args.format == "junit":  # the suite's counts and verdict come first: two passes
+                              output_format, strict)
+    if output_format == "junit":  # the suite's counts and verdict come first: two passes
         for case in cases():
             tally.add(case)
         summary = tally.summary(experiment_id, baseline_id, missing[0])
-        verdict = (None if args.gate is None else
-                   gate_failures(gate_of(args), summary, tally.gate_regressed, missing[1]))
-        return render_junit(summary, verdict, cases(), args.min_drop)
-    counted = cases() if args.gate is None else map(tally.add, cases())  # for the gate
-    records = (as_record(case, keys, args.truncate) for case in counted)
-    if args.format == "csv":
+        verdict = (None if options.gate is None else
+                   gate_failures(options.gate, summary, tally.gate_regressed, missing[1]))
+        return render_junit(summary, verdict, cases(), min_drop)
+    keys = record_keys(options.include, compared is not None, options.filters.edited_only)
+    counted = cases() if options.gate is None else map(tally.add, cases())  # for the gate
+    records = (as_record(case, keys, options.truncate) for case in counted)
+    if output_format == "csv":
         return render_csv(lambda: (name for case in cases() for name in case["scores"]),
                           records, keys, strict)
-    return render(records, args.format, strict)
+    return render(records, output_format, strict)
 
 
-def gate_of(args: argparse.Namespace) -> Gate:
-    return Gate(frozenset(args.gate) or None, args.gate_mode, args.min_drop,
-                args.allow_missing)
-
-
-def write_output(args: argparse.Namespace, experiment_id: str,
-                 compared: Optional[Comparison], store: Store,
-                 reporter: Reporter) -> Optional[str]:
-    """Write what the flags ask for; then the notes, and the gate's verdict: why it failed
-    (None: it passed, or there is no gate)."""
+def write_output(options: Options, experiment_id: str, compared: Optional[Comparison],
+                 store: Store, reporter: Reporter) -> Optional[str]:
+    """Write what the options ask for; then the notes, and the gate's verdict: why it
+    failed (None: it passed, or there is no gate)."""
     # The collector is back for the output: json's indenting encoder leaves a reference
     # cycle behind for every record. What is held now is frozen, so it is never rescanned.
     gc.freeze()
     gc.enable()
-    gate = None if args.gate is None else gate_of(args)
-    tally = Tally(compared is not None, args.min_drop, gate.scores if gate else None)
+    gate = options.gate
+    tally = Tally(compared is not None, options.min_drop, gate.scores if gate else None)
     missing = (compared.missing(store) if compared is not None and (
-        gate is not None or args.summary or args.format in ("markdown", "junit")) else (0, []))
-    keep = case_filter(args)
+        gate is not None or options.summary or options.output_format in ("markdown", "junit"))
+        else (0, []))
+    keep = case_filter(options.filters)
     strict = StrictJson()
-    chunks = rendered(args, experiment_id, compared,
-                      lambda: chosen_cases(store, compared, keep, args.max_results), tally,
+    chunks = rendered(options, experiment_id, compared,
+                      lambda: chosen_cases(store, compared, keep, options.max_results), tally,
                       missing, strict)
     reporter.writing = True
-    if args.output:
-        write_file(args.output, chunks)
+    if options.output:
+        write_file(options.output, chunks)
     else:
         write_stdout(chunks)
     if strict.nulls:
         reporter.note(f"{PROG}: note: {plural(strict.nulls, 'value')} in the experiment "
                       f"{'was' if strict.nulls == 1 else 'were'} NaN or infinite, which JSON "
                       "cannot hold: written as null")
-    known_scores, known_tags = (names_read(store, compared) if args.score or args.tag or (
-        gate is not None and gate.scores) else (set(), set()))
-    for line in unmatched_filters(args, known_scores, known_tags):
+    known_scores, known_tags = (
+        names_read(store, compared) if options.filters.scores or options.filters.tags or (
+            gate is not None and gate.scores) else (set(), set()))
+    for line in unmatched_filters(options.filters, known_scores, known_tags):
         reporter.note(line)
     if gate is None:
         return None
@@ -3065,7 +3102,7 @@ def write_output(args: argparse.Namespace, experiment_id: str,
             + "".join(f"; {failure}" for failure in failures[1:]))
 
 
-def run(args: argparse.Namespace, target: Target, baseline: Union[Target, str, None],
+def run(options: Options, target: Target, baseline: Union[Target, str, None],
         settings: Settings, reporter: Reporter) -> Optional[str]:
     """The run, step by step; the gate's verdict (None: no gate, or it passed)."""
     # JSON trees hold no reference cycles, so the cyclic collector would only rescan the
@@ -3077,17 +3114,18 @@ def run(args: argparse.Namespace, target: Target, baseline: Union[Target, str, N
         if target.id is None:
             reporter.detail(f"{target.name!r} in project {target.project!r} is experiment "
                             f"{experiment_id}")
-        compared = read_baseline(session, settings, args, baseline, experiment_id, reporter)
+        compared = read_baseline(session, settings, options, baseline, experiment_id,
+                                 reporter)
         try:
-            keep = case_filter(args)
+            keep = case_filter(options.filters)
             filtering = keep is not keep_all
-            store = read_experiment(session, settings, experiment_id, args, reporter,
-                                    stop_at=args.max_results,
+            store = read_experiment(session, settings, experiment_id, options, reporter,
+                                    stop_at=options.max_results,
                                     chosen=(None if not filtering else
                                             keep if compared is None else
                                             lambda case: keep(compared.compared(case))))
             try:
-                return write_output(args, experiment_id, compared, store, reporter)
+                return write_output(options, experiment_id, compared, store, reporter)
             finally:
                 store.close()
         finally:
@@ -3103,18 +3141,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     output, existed = None, False
     try:
         REDACT.add(key_in_sight(dict(os.environ)))  # before any message about the arguments
-        args = parse_args(argv)
-        output = args.output
+        options = parse_args(argv)
+        output = options.output
         existed = bool(output) and os.path.lexists(output)
-        if args.schema:
-            write_stdout([encode(output_schema(args), INDENTED) + b"\n"])
+        compared = options.baseline is not None
+        if options.schema:
+            keys = None if options.summary else record_keys(options.include, compared,
+                                                            options.filters.edited_only)
+            write_stdout([encode(output_schema(keys, compared, options.output_format == "jsonl"),
+                                 INDENTED) + b"\n"])
             return EXIT_OK
-        target = parse_target(args.experiment, args.project, args.org)
-        baseline = None if args.baseline is None else parse_baseline(args.baseline, target)
-        settings = read_settings(args, dict(os.environ))
+        target = parse_target(options.experiment, options.project, options.org)
+        baseline = parse_baseline(options.baseline, target) if compared else None
+        settings = read_settings(dict(os.environ), options.api_url, options.output)
         REDACT.add(settings.key)
-        reporter = Reporter(reporter.terminal, args.quiet, args.verbose)
-        verdict = run(args, target, baseline, settings, reporter)
+        reporter = Reporter(reporter.terminal, options.quiet, options.verbose)
+        verdict = run(options, target, baseline, settings, reporter)
         if verdict is not None:
             raise Regressed(verdict)
         return EXIT_OK
