@@ -198,10 +198,6 @@ def score_drop(text: str) -> float:
     return value
 
 
-# Extra record fields for --include, in the order they are printed.
-INCLUDABLE = ("id", "span_id", "created", "tags", "error", "comments", "metrics")
-
-
 def include_fields(values: Optional[List[str]]) -> Tuple[str, ...]:
     """--include a,b --include c (or `all`) as the fields asked for, in printing order."""
     asked = {name.strip() for value in values or [] for name in value.split(",")}
@@ -1496,11 +1492,120 @@ class Cost(NamedTuple):
 NO_COST = Cost(0, 0, 0, 0, 0)
 
 
+# Every field a record can hold, declared once: its name (the record's key, and --include's
+# name for an extra one), when it is printed, its JSON Schema, how the root span's newest
+# version gives it, whether --truncate cuts it, and its CSV columns. The store keeps what the
+# root gives; the comparison and the costs add the rest when a case is built.
+STANDARD, EXTRA, COMPARED, EDITED = "standard", "extra", "compared", "edited"
+ANY_JSON = {"description": "any JSON value, as logged"}
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+
+class Field(NamedTuple):
+    name: str
+    printed: str  # STANDARD: always; EXTRA: with --include; COMPARED: with --baseline;
+    # EDITED: with --edited-only
+    schema: Dict[str, Any]
+    from_root: Optional[Callable[[Dict[str, Any]], Any]] = None  # None: added later
+    cut: Optional[Callable[[Any, int], Any]] = None  # how --truncate cuts it
+    columns: Optional[Callable[[Iterable[str]], List[str]]] = None  # None: one, its name
+
+
+def truncated(value: Any, most: int) -> Any:
+    """Every string inside `value` cut to `most` characters, saying how many were cut."""
+    if isinstance(value, str) and len(value) > most:
+        return f"{value[:most]}…[+{len(value) - most} chars]"
+    if isinstance(value, dict):
+        return {key: truncated(item, most) for key, item in value.items()}
+    if isinstance(value, list):
+        return [truncated(item, most) for item in value]
+    return value
+
+
+def root_metrics(event: Dict[str, Any]) -> Dict[str, Any]:
+    """The root's timing; with the trace's costs, it becomes the case's `metrics`."""
+    metrics = event.get("metrics") if isinstance(event.get("metrics"), dict) else {}
+    return {"start": metrics.get("start"), "end": metrics.get("end")}
+
+
+def truncated_baseline(baseline: Any, most: int) -> Any:
+    """The baseline's output is as long as the record's: cut it alike."""
+    return baseline and dict(baseline, output=truncated(baseline["output"], most))
+
+
+FIELDS = (
+    Field("root_span_id", STANDARD, {"type": "string", "description": "the test case's trace id"},
+          lambda event: event.get("root_span_id")),
+    Field("input", STANDARD, ANY_JSON, lambda event: event.get("input"), cut=truncated),
+    Field("output", STANDARD, ANY_JSON, lambda event: event.get("output"), cut=truncated),
+    Field("expected", STANDARD, ANY_JSON, lambda event: event.get("expected"), cut=truncated),
+    Field("metadata", STANDARD, {"type": "object", "description": "{} when none was logged"},
+          lambda event: {} if event.get("metadata") is None else event["metadata"],
+          cut=truncated),
+    Field("scores", STANDARD, {"type": "object", "additionalProperties": NUMBER_OR_NULL,
+                               "description": "score name -> value (0 to 1), or null"},
+          lambda event: score_dict(event.get("scores")),  # the root's own; merged later
+          columns=lambda names: [f"scores.{name}" for name in sorted(names)]),
+    Field("origin", STANDARD, {"oneOf": [{"type": "null"}, {
+        "type": "object", "required": ["dataset_id", "dataset_record_id"],
+        "additionalProperties": False,
+        "properties": {"dataset_id": {"type": ["string", "null"]},
+                       "dataset_record_id": {"type": ["string", "null"]}}}],
+        "description": "the dataset row the case came from; null when none"},
+          lambda event: dataset_origin(event.get("origin")),
+          columns=lambda names: ["origin.dataset_id", "origin.dataset_record_id"]),
+    Field("id", EXTRA, {"type": "string", "description": "the root row's id"},
+          lambda event: event.get("id")),
+    Field("span_id", EXTRA, {"type": "string"}, lambda event: event.get("span_id")),
+    Field("created", EXTRA, {"type": ["string", "null"], "description": "ISO 8601 date-time"},
+          lambda event: event.get("created")),
+    Field("tags", EXTRA, {"type": "array", "items": {"type": "string"}},
+          lambda event: event.get("tags") or []),
+    Field("error", EXTRA, ANY_JSON, lambda event: event.get("error"), cut=truncated),
+    Field("comments", EXTRA, {"type": "array"}, lambda event: event.get("comments") or []),
+    Field("metrics", EXTRA, {
+        "type": "object", "additionalProperties": False,
+        "required": ["start", "end", "duration", "llm_calls", "prompt_tokens",
+                     "completion_tokens", "tokens", "errors"],
+        "properties": {"start": NUMBER_OR_NULL, "end": NUMBER_OR_NULL,
+                       "duration": NUMBER_OR_NULL,
+                       "llm_calls": {"type": "integer", "minimum": 0},
+                       "prompt_tokens": {"type": "number"},
+                       "completion_tokens": {"type": "number"},
+                       "tokens": {"type": "number"}, "errors": {"type": "integer", "minimum": 0}}},
+          root_metrics),
+    Field("baseline", COMPARED, {"oneOf": [{"type": "null"}, {
+        "type": "object", "additionalProperties": False,
+        "required": ["root_span_id", "output", "scores", "count"],
+        "properties": {"root_span_id": {"type": "string"}, "output": ANY_JSON,
+                       "scores": {"type": "object", "additionalProperties": {"type": "number"},
+                                  "description": "the mean over the matched trials"},
+                       "count": {"type": "integer", "minimum": 1}}}],
+        "description": "the matched baseline case; null when none matches"},
+          cut=truncated_baseline),
+    Field("diff", COMPARED, {"type": "object", "additionalProperties": {"type": "number"},
+                             "description": "score minus the baseline's, for scores on both "
+                             "sides"}),
+    Field("lost_scores", COMPARED, {"type": "array", "items": {"type": "string"},
+                                    "description": "scores that are a number in the baseline "
+                                    "and none now"}),
+    Field("new_error", COMPARED, {"type": "boolean", "description": "the case raised an error "
+                                  "and its baseline did not"}),
+    Field("status", COMPARED, {"enum": ["new", "regressed", "improved", "unchanged"]}),
+    Field("edited", EDITED, {"const": True},
+          lambda event: was_expected_edited(event.get("audit_data"))),
+)
+FIELD = {field.name: field for field in FIELDS}
+FROM_ROOT = tuple(field for field in FIELDS if field.from_root is not None)
+STANDARD_KEYS = tuple(field.name for field in FIELDS if field.printed == STANDARD)
+INCLUDABLE = tuple(field.name for field in FIELDS if field.printed == EXTRA)
+COMPARISON_KEYS = tuple(field.name for field in FIELDS if field.printed == COMPARED)
+
+
 class RootPart(NamedTuple):
-    """What a case needs from its root span's newest version."""
+    """What a case needs from its root span's newest version: every FIELDS value it gives."""
     trace: Any
-    record: Dict[str, Any]  # the seven fields every record has
-    fields: Dict[str, Any]  # what --include, the filters and the summary read
+    values: Dict[str, Any]
     cost: Optional[Cost]
 
 
@@ -1586,29 +1691,8 @@ def essentials(event: Dict[str, Any], with_costs: bool = False
         return None
     cost = span_cost(event) if with_costs else None
     if is_root_span(event):
-        metadata = event.get("metadata")
-        metrics = event.get("metrics") if isinstance(event.get("metrics"), dict) else {}
-        record = {
-            "root_span_id": event.get("root_span_id"),
-            "input": event.get("input"),
-            "output": event.get("output"),
-            "expected": event.get("expected"),
-            "metadata": {} if metadata is None else metadata,
-            "scores": score_dict(event.get("scores")),  # the root's own; merged later
-            "origin": dataset_origin(event.get("origin")),
-        }
-        fields = {
-            "id": event.get("id"),
-            "span_id": event.get("span_id"),
-            "created": event.get("created"),
-            "tags": event.get("tags") or [],
-            "error": event.get("error"),
-            "comments": event.get("comments") or [],
-            "start": metrics.get("start"),
-            "end": metrics.get("end"),
-            "edited": was_expected_edited(event.get("audit_data")),
-        }
-        return RootPart(event.get("root_span_id"), record, fields, cost)
+        return RootPart(event.get("root_span_id"),
+                        {field.name: field.from_root(event) for field in FROM_ROOT}, cost)
     if span_type(event) == "score":
         return ScorePart(event.get("root_span_id"), score_dict(event.get("scores")), cost)
     if cost is not None:
@@ -1669,9 +1753,9 @@ def add_costs(total: Cost, cost: Cost) -> Cost:
     return Cost(*(a + b for a, b in zip(total, cost)))
 
 
-def case_metrics(fields: Dict[str, Any], cost: Cost) -> Dict[str, Any]:
+def case_metrics(timing: Dict[str, Any], cost: Cost) -> Dict[str, Any]:
     """--include metrics: the root's timing, and its trace's llm calls, tokens and errors."""
-    start, end = fields["start"], fields["end"]
+    start, end = timing["start"], timing["end"]
     return {
         "start": start,
         "end": end,
@@ -1682,13 +1766,14 @@ def case_metrics(fields: Dict[str, Any], cost: Cost) -> Dict[str, Any]:
 
 def case_of(root: RootPart, trace_scores: Dict[str, Any], trace_cost: Optional[Cost]
             ) -> Dict[str, Any]:
-    """A case: the record's seven fields, then everything the flags may print or filter on.
-    Scores: the trace's scorer spans, overlaid by the root's own (it holds human corrections)."""
-    case = dict(root.record)
-    case["scores"] = {**trace_scores, **root.record["scores"]}
-    case.update(root.fields)
+    """A case: every field the root gives, the scores and metrics of its whole trace.
+    Scores: the trace's scorer spans, overlaid by the root's own (it holds human corrections).
+    Metrics only where costs were kept."""
+    case = dict(root.values)
+    case["scores"] = {**trace_scores, **root.values["scores"]}
+    timing = case.pop("metrics")
     if trace_cost is not None:
-        case["metrics"] = case_metrics(root.fields, trace_cost)
+        case["metrics"] = case_metrics(timing, trace_cost)
     return case
 
 
@@ -1749,7 +1834,7 @@ def stored_part(part: Part) -> Tuple[int, Optional[str], Optional[bytes]]:
         return DELETED, None, None
     cost = tuple(part.cost) if part.cost is not None else None
     if isinstance(part, RootPart):
-        return ROOT, stored_text(part.trace), marshal.dumps((part.record, part.fields, cost))
+        return ROOT, stored_text(part.trace), marshal.dumps((part.values, cost))
     if isinstance(part, ScorePart):
         return SCORE, stored_text(part.trace), marshal.dumps((part.scores, cost))
     return SPAN, stored_text(part.trace), marshal.dumps(cost)
@@ -1797,14 +1882,14 @@ def cases_stored(rows: Iterable[tuple]) -> Iterator[Dict[str, Any]]:
         if seq != current:
             if root is not None:
                 yield case_of(root, scores, cost)
-            record, fields, own_cost = marshal.loads(payload)
-            root = RootPart(None, record, fields, own_cost and Cost(*own_cost))
+            values, own_cost = marshal.loads(payload)
+            root = RootPart(None, values, own_cost and Cost(*own_cost))
             current, scores, cost = seq, {}, None
         if kind == SCORE:
             part_scores, part_cost = marshal.loads(part)
             scores.update(part_scores)
         elif kind == ROOT:
-            part_cost = marshal.loads(part)[2]
+            part_cost = marshal.loads(part)[1]
         else:
             part_cost = marshal.loads(part)
         if part_cost is not None:
@@ -2349,70 +2434,14 @@ def gate_failures(gate: Gate, summary: Dict[str, Any], gate_regressed: int,
 # Records: what of a case gets printed
 # ---------------------------------------------------------------------------------------
 
-STANDARD_KEYS = ("root_span_id", "input", "output", "expected", "metadata", "scores", "origin")
-COMPARISON_KEYS = ("baseline", "diff", "lost_scores", "new_error", "status")
-TRUNCATED_KEYS = ("input", "output", "expected", "metadata", "error")
-
-
 def record_keys(include: Iterable[str], compared: bool, edited_only: bool) -> List[str]:
     """A record's keys, in order: the standard seven, --include's, the comparison, edited."""
     return [*STANDARD_KEYS, *include, *(COMPARISON_KEYS if compared else ()),
             *(("edited",) if edited_only else ())]
 
 
-# What --schema prints: the JSON Schema (draft 2020-12) of one record, or of the summary.
-ANY_JSON = {"description": "any JSON value, as logged"}
-NUMBER_OR_NULL = {"type": ["number", "null"]}
-SCORES = {"type": "object", "additionalProperties": NUMBER_OR_NULL,
-          "description": "score name -> value (0 to 1), or null"}
-RECORD_FIELDS: Dict[str, Dict[str, Any]] = {
-    "root_span_id": {"type": "string", "description": "the test case's trace id"},
-    "input": ANY_JSON,
-    "output": ANY_JSON,
-    "expected": ANY_JSON,
-    "metadata": {"type": "object", "description": "{} when none was logged"},
-    "scores": SCORES,
-    "origin": {"oneOf": [{"type": "null"}, {
-        "type": "object", "required": ["dataset_id", "dataset_record_id"],
-        "additionalProperties": False,
-        "properties": {"dataset_id": {"type": ["string", "null"]},
-                       "dataset_record_id": {"type": ["string", "null"]}}}],
-        "description": "the dataset row the case came from; null when none"},
-    "id": {"type": "string", "description": "the root row's id"},
-    "span_id": {"type": "string"},
-    "created": {"type": ["string", "null"], "description": "ISO 8601 date-time"},
-    "tags": {"type": "array", "items": {"type": "string"}},
-    "error": ANY_JSON,
-    "comments": {"type": "array"},
-    "metrics": {"type": "object", "additionalProperties": False,
-                "required": ["start", "end", "duration", "llm_calls", "prompt_tokens",
-                             "completion_tokens", "tokens", "errors"],
-                "properties": {"start": NUMBER_OR_NULL, "end": NUMBER_OR_NULL,
-                               "duration": NUMBER_OR_NULL,
-                               "llm_calls": {"type": "integer", "minimum": 0},
-                               "prompt_tokens": {"type": "number"},
-                               "completion_tokens": {"type": "number"},
-                               "tokens": {"type": "number"},
-                               "errors": {"type": "integer", "minimum": 0}}},
-    "baseline": {"oneOf": [{"type": "null"}, {
-        "type": "object", "additionalProperties": False,
-        "required": ["root_span_id", "output", "scores", "count"],
-        "properties": {"root_span_id": {"type": "string"}, "output": ANY_JSON,
-                       "scores": {"type": "object", "additionalProperties": {"type": "number"},
-                                  "description": "the mean over the matched trials"},
-                       "count": {"type": "integer", "minimum": 1}}}],
-        "description": "the matched baseline case; null when none matches"},
-    "diff": {"type": "object", "additionalProperties": {"type": "number"},
-             "description": "score minus the baseline's, for scores on both sides"},
-    "lost_scores": {"type": "array", "items": {"type": "string"},
-                    "description": "scores that are a number in the baseline and none now"},
-    "new_error": {"type": "boolean",
-                  "description": "the case raised an error and its baseline did not"},
-    "status": {"enum": ["new", "regressed", "improved", "unchanged"]},
-    "edited": {"const": True},
-}
-
-
+# What --schema prints: the JSON Schema (draft 2020-12) of one record (each field's, from
+# FIELDS), or of the summary.
 def object_schema(properties: Dict[str, Any], **more: Any) -> Dict[str, Any]:
     return {**more, "type": "object", "required": list(properties),
             "additionalProperties": False, "properties": properties}
@@ -2457,33 +2486,20 @@ def output_schema(keys: Optional[List[str]], compared: bool, jsonl: bool) -> Dic
     if keys is None:
         body, title = summary_schema(compared), "summary"
     else:
-        body, title = {key: RECORD_FIELDS[key] for key in keys}, "record"
+        body, title = {key: FIELD[key].schema for key in keys}, "record"
     return object_schema(body, **{
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"{PROG} {__version__}: one {title}" + (
             " (one line of --format jsonl)" if jsonl else "")})
 
 
-def truncated(value: Any, most: int) -> Any:
-    """Every string inside `value` cut to `most` characters, saying how many were cut."""
-    if isinstance(value, str) and len(value) > most:
-        return f"{value[:most]}…[+{len(value) - most} chars]"
-    if isinstance(value, dict):
-        return {key: truncated(item, most) for key, item in value.items()}
-    if isinstance(value, list):
-        return [truncated(item, most) for item in value]
-    return value
-
-
 def as_record(case: Dict[str, Any], keys: List[str], most: Optional[int]) -> Dict[str, Any]:
+    """The case's fields that `keys` names, in that order, cut by --truncate (`most`)."""
     record = {key: case[key] for key in keys}
     if most is not None:
-        for key in TRUNCATED_KEYS:
-            if key in record:
-                record[key] = truncated(record[key], most)
-        if record.get("baseline"):  # the baseline's output is as long as the record's
-            record["baseline"] = dict(record["baseline"],
-                                      output=truncated(record["baseline"]["output"], most))
+        for key in keys:
+            if FIELD[key].cut is not None:
+                record[key] = FIELD[key].cut(record[key], most)
     return record
 
 
@@ -2552,15 +2568,11 @@ def render_summary(summary: Dict[str, Any], output_format: str,
 
 
 def csv_columns(keys: List[str], score_names: Iterable[str]) -> List[str]:
-    """The record's keys, with scores and origin spread over one column each."""
+    """The record's keys, each spread over the columns its field names (scores, origin)."""
     columns: List[str] = []
     for key in keys:
-        if key == "scores":
-            columns += [f"scores.{name}" for name in sorted(score_names)]
-        elif key == "origin":
-            columns += ["origin.dataset_id", "origin.dataset_record_id"]
-        else:
-            columns.append(key)
+        spread = FIELD[key].columns
+        columns += spread(score_names) if spread else [key]
     return columns
 
 
@@ -2573,7 +2585,7 @@ def csv_cell(value: Any, strict: Callable[[str], str]) -> str:
 
 def csv_value(record: Dict[str, Any], column: str) -> Any:
     key, _, name = column.partition(".")
-    if name and key in ("scores", "origin"):
+    if name and FIELD[key].columns is not None:  # one of the columns a field spreads over
         return (record[key] or {}).get(name)
     return record[column]
 
