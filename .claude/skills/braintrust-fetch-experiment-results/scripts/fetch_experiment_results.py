@@ -421,18 +421,30 @@ class Settings(NamedTuple):
     max_page: int = DEFAULT_MAX_PAGE_MB << 20  # bytes one answer may hold, unpacked
 
 
-def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
-                  output: Optional[str] = None) -> Settings:
-    """Key, API URL, timeout and retries, from the environment, else from the nearest .env
-    file (the current folder, then its parents)."""
-    dotenv_path = find_dotenv(usecwd=True)
-    from_file = dotenv_values(dotenv_path) if dotenv_path else {}
+def seconds_setting(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"{name} must be a number of seconds above 0, got {text!r}")
+    return value
 
-    def setting(name: str) -> str:
-        # An exported value wins; an exported but empty one counts as unset.
-        return (environ.get(name) or from_file.get(name) or "").strip()
 
-    key = setting("BRAINTRUST_API_KEY")
+def megabytes_setting(name: str, text: str, least: float, why: str) -> int:
+    """A size in bytes, from megabytes (`least`: the fewest allowed, 0 or just above)."""
+    try:
+        value = float(text) * 2 ** 20
+    except ValueError:
+        value = -1.0
+    if not least <= value < float("inf") or (least > 0 and value < 1):
+        raise UsageError(f"{name} must be a number of megabytes, {why}, got {text!r}")
+    return int(value)
+
+
+def key_setting(exported: str, from_file: Dict[str, Any], dotenv_path: str) -> Tuple[str, str]:
+    """BRAINTRUST_API_KEY, exported or from the .env file, and where it was read."""
+    key = exported or (from_file.get("BRAINTRUST_API_KEY") or "").strip()
     if not key and "BRAINTRUST_API_KEY" in from_file:
         raise UsageError(
             f"BRAINTRUST_API_KEY is empty in {dotenv_path}: put the key after the = (keys: "
@@ -441,51 +453,49 @@ def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
         raise UsageError(
             "BRAINTRUST_API_KEY is not set: export it, or put BRAINTRUST_API_KEY=... in a .env "
             "file in this folder or a parent (keys: Braintrust > Settings > API keys)")
-    key_source = ("the environment" if (environ.get("BRAINTRUST_API_KEY") or "").strip()
-                  else dotenv_path)
     if not all(33 <= ord(char) <= 126 for char in key):
         raise UsageError("BRAINTRUST_API_KEY holds spaces or characters that cannot go in an "
                          "HTTP header: copy the key again")
-    api_url = checked_api_url(api_url or setting("BRAINTRUST_API_URL") or DEFAULT_API_URL)
+    return key, "the environment" if exported else dotenv_path
 
-    def seconds(name: str, default: float) -> float:
-        text = setting(name) or str(default)
-        try:
-            value = float(text)
-        except ValueError:
-            value = 0.0
-        if not 0 < value < float("inf"):
-            raise UsageError(f"{name} must be a number of seconds above 0, got {text!r}")
-        return value
 
-    read_timeout = seconds("BRAINTRUST_HTTP_TIMEOUT", DEFAULT_READ_TIMEOUT)
-    deadline = seconds("BRAINTRUST_HTTP_DEADLINE", DEFAULT_DEADLINE)
-    def megabytes(name: str, default: int, least: float, why: str) -> int:
-        text = setting(name) or str(default)
-        try:
-            value = float(text) * 2 ** 20
-        except ValueError:
-            value = -1.0
-        if not least <= value < float("inf") or (least > 0 and value < 1):
-            raise UsageError(f"{name} must be a number of megabytes, {why}, got {text!r}")
-        return int(value)
+def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
+                  output: Optional[str] = None) -> Settings:
+    """Key, API URL, timeouts, retries and sizes, from the environment, else from the nearest
+    .env file (the current folder, then its parents); --output checked writable."""
+    dotenv_path = find_dotenv(usecwd=True)
+    from_file = dotenv_values(dotenv_path) if dotenv_path else {}
 
-    spill_after = megabytes("BRAINTRUST_SPILL_MB", DEFAULT_SPILL_MB, 0,
-                            "0 or more (0: the rows go to disk from the first page)")
-    max_page = megabytes("BRAINTRUST_MAX_PAGE_MB", DEFAULT_MAX_PAGE_MB, 1e-9,
-                         "above 0 (how large one answer of the API may be, unpacked)")
-    retries_text = setting("BRAINTRUST_NUM_RETRIES") or str(DEFAULT_RETRIES)
-    if not retries_text.isdigit() or int(retries_text) > 100:
+    def setting(name: str, default: Any = "") -> str:
+        # An exported value wins; an exported but empty one counts as unset.
+        return (environ.get(name) or from_file.get(name) or "").strip() or str(default)
+
+    key, key_source = key_setting((environ.get("BRAINTRUST_API_KEY") or "").strip(),
+                                  from_file, dotenv_path)
+    retries = setting("BRAINTRUST_NUM_RETRIES", DEFAULT_RETRIES)
+    if not retries.isdigit() or int(retries) > 100:
         raise UsageError(f"BRAINTRUST_NUM_RETRIES must be a whole number from 0 to 100, "
-                         f"got {retries_text!r}")
-    in_flight = setting("BRAINTRUST_MAX_IN_FLIGHT") or str(DEFAULT_IN_FLIGHT)
+                         f"got {retries!r}")
+    in_flight = setting("BRAINTRUST_MAX_IN_FLIGHT", DEFAULT_IN_FLIGHT)
     if in_flight not in ("1", "2"):
         raise UsageError(f"BRAINTRUST_MAX_IN_FLIGHT must be 1 (one page request at a time) or "
                          f"2 (the next page requested while this one arrives), got {in_flight!r}")
+    settings = Settings(
+        key, checked_api_url(api_url or setting("BRAINTRUST_API_URL", DEFAULT_API_URL)),
+        seconds_setting("BRAINTRUST_HTTP_TIMEOUT",
+                        setting("BRAINTRUST_HTTP_TIMEOUT", DEFAULT_READ_TIMEOUT)),
+        int(retries), int(in_flight),
+        seconds_setting("BRAINTRUST_HTTP_DEADLINE",
+                        setting("BRAINTRUST_HTTP_DEADLINE", DEFAULT_DEADLINE)),
+        megabytes_setting("BRAINTRUST_SPILL_MB", setting("BRAINTRUST_SPILL_MB", DEFAULT_SPILL_MB),
+                          0, "0 or more (0: the rows go to disk from the first page)"),
+        key_source,
+        megabytes_setting("BRAINTRUST_MAX_PAGE_MB",
+                          setting("BRAINTRUST_MAX_PAGE_MB", DEFAULT_MAX_PAGE_MB), 1e-9,
+                          "above 0 (how large one answer of the API may be, unpacked)"))
     if output:
         check_writable(output)
-    return Settings(key, api_url, read_timeout, int(retries_text), int(in_flight), deadline,
-                    spill_after, key_source, max_page)
+    return settings
 
 
 def key_in_sight(environ: Dict[str, str]) -> str:
@@ -1381,10 +1391,7 @@ class PageRequest(NamedTuple):
     state: Dict[str, Any]  # "next": the PageRequest started ahead; "dropped": unwanted
 
 
-def fetch_pages(session: requests.Session, settings: Settings, experiment_id: str,
-                limit: int, announce: Callable[[str], None], label: str = "",
-                ahead: bool = True, note: Callable[[str], None] = lambda line: None
-                ) -> Iterator[Tuple[List[Any], int]]:
+class PageReader:
     """Each page's events and its size in bytes, in the API's order, until a page comes back
     empty or uncursored.
 
@@ -1393,87 +1400,105 @@ def fetch_pages(session: requests.Session, settings: Settings, experiment_id: st
     while this one downloads and is read. The body's cursor still decides: a page requested
     with another cursor is dropped and asked for again. A page's slot is held until its
     body has been parsed, so at most two requests, and two bodies, are in flight."""
-    url = f"{settings.api_url}/v1/experiment/{experiment_id}/fetch"
-    ahead = ahead and settings.max_in_flight > 1
-    slots = threading.Semaphore(settings.max_in_flight)
-    lock = threading.Lock()
-    cursors_sent: set = set()
 
-    def request(number: int, cursor: Any) -> PageRequest:
+    def __init__(self, session: requests.Session, settings: Settings, experiment_id: str,
+                 limit: int, announce: Callable[[str], None], label: str = "",
+                 ahead: bool = True, note: Callable[[str], None] = lambda line: None):
+        self.session, self.settings, self.experiment_id = session, settings, experiment_id
+        self.limit, self.announce, self.label, self.note = limit, announce, label, note
+        self.url = f"{settings.api_url}/v1/experiment/{experiment_id}/fetch"
+        self.ahead = ahead and settings.max_in_flight > 1
+        self.slots = threading.Semaphore(settings.max_in_flight)
+        self.lock = threading.Lock()
+        self.cursors_sent: set = set()
+
+    def request(self, number: int, cursor: Any) -> PageRequest:
+        """Page `number`, asked for with `cursor` on a thread of its own once a slot frees."""
         state: Dict[str, Any] = {"next": None, "dropped": False}
 
         def start_next(response: requests.Response, **kwargs: Any) -> None:
             # A response hook: called as each answer's headers arrive, redirects included.
             early = headers_cursor(response.headers) if response.status_code < 400 else None
-            with lock:
-                if (ahead and early and early not in cursors_sent and early != cursor
+            with self.lock:
+                if (self.ahead and early and early not in self.cursors_sent and early != cursor
                         and state["next"] is None and not state["dropped"]):
-                    state["next"] = request(number + 1, early)
+                    state["next"] = self.request(number + 1, early)
 
         def fetch() -> List[Answer]:
-            slots.acquire()
+            self.slots.acquire()
             if state["dropped"]:
                 return []
-            body: Dict[str, Any] = {"limit": limit}
+            body: Dict[str, Any] = {"limit": self.limit}
             if cursor:
                 body["cursor"] = cursor
-            return [send(session, "POST", url, f"{label}page {number}", settings, announce,
-                         json=body, hooks={"response": start_next})]
+            return [send(self.session, "POST", self.url, f"{self.label}page {number}",
+                         self.settings, self.announce, json=body,
+                         hooks={"response": start_next})]
 
         return PageRequest(cursor, in_background(fetch), state)
 
-    def drop(page: Optional[PageRequest]) -> None:
+    def drop(self, page: Optional[PageRequest]) -> None:
         """An unwanted request: its slot comes back once it ends, and so for its followers."""
         while page is not None:
-            with lock:
+            with self.lock:
                 page.state["dropped"] = True
                 follower, page.state["next"] = page.state["next"], None
-            page.answer.add_done_callback(lambda _: slots.release())
+            page.answer.add_done_callback(lambda _: self.slots.release())
             page = follower
 
-    page, number = request(1, None), 1
-    try:
-        while True:
-            what = f"{label}page {number}"
-            answer = result_of(page.answer).pop()
-            try:
-                check_status(answer, what, settings, f"experiment {experiment_id} was not "
-                             "found or is not readable with this key; check the id (copy it "
-                             "from the experiment's page) and the organisation of the key")
-                data = read_json(answer, what, settings.max_page)
-                if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-                    raise ApiError(f"{what}: the answer is JSON but not a page of events "
-                                   f"({first_bytes(answer)})")
-                cursor, size = next_cursor(data, answer), len(answer.body)
-                if not isinstance(cursor, (str, type(None))):
-                    raise MalformedAnswer(f"{what}: the answer's cursor is {kind_of(cursor)}, "
-                                          "not a string, so the next page cannot be asked "
-                                          "for; report it to Braintrust")
-                early = page.state["next"]  # final: set, if ever, before the body was read
-                if early is not None and early.cursor != cursor:
-                    # Dropped before this slot comes back, so no follower of it can take it.
-                    note(f"{what}: the body's cursor differs from the header's; asking for "
-                         f"page {number + 1} again with the body's")
-                    drop(early)
-                    page.state["next"] = None
-            finally:
-                del answer  # the body's bytes go now, and with them its slot
-                slots.release()
-            events = data["events"]
-            del data
-            yield events, size
-            if not events or not cursor:
-                return
-            del events  # or it would live on while the next page is parsed
-            with lock:
-                if cursor in cursors_sent:
-                    raise ApiError(f"{what}: the API sent back a cursor it had already sent, "
-                                   "so paging would never end; stopping. Try again later, or "
-                                   "report it to Braintrust")
-                cursors_sent.add(cursor)
-            page, number = page.state["next"] or request(number + 1, cursor), number + 1
-    finally:  # done, failed or interrupted: nothing more is wanted
-        drop(page.state["next"])
+    def parsed(self, page: PageRequest, number: int) -> Tuple[List[Any], int, Any]:
+        """A page's events, size and next cursor, its slot given back once it is parsed; a
+        page asked for ahead with another cursor than the body's is dropped."""
+        what = f"{self.label}page {number}"
+        answer = result_of(page.answer).pop()
+        try:
+            check_status(answer, what, self.settings, f"experiment {self.experiment_id} was "
+                         "not found or is not readable with this key; check the id (copy it "
+                         "from the experiment's page) and the organisation of the key")
+            data = read_json(answer, what, self.settings.max_page)
+            if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+                raise ApiError(f"{what}: the answer is JSON but not a page of events "
+                               f"({first_bytes(answer)})")
+            cursor, size = next_cursor(data, answer), len(answer.body)
+            if not isinstance(cursor, (str, type(None))):
+                raise MalformedAnswer(f"{what}: the answer's cursor is {kind_of(cursor)}, not "
+                                      "a string, so the next page cannot be asked for; "
+                                      "report it to Braintrust")
+            early = page.state["next"]  # final: set, if ever, before the body was read
+            if early is not None and early.cursor != cursor:
+                # Dropped before this slot comes back, so no follower of it can take it.
+                self.note(f"{what}: the body's cursor differs from the header's; asking for "
+                          f"page {number + 1} again with the body's")
+                self.drop(early)
+                page.state["next"] = None
+        finally:
+            del answer  # the body's bytes go now, and with them its slot
+            self.slots.release()
+        return data["events"], size, cursor
+
+    def __iter__(self) -> Iterator[Tuple[List[Any], int]]:
+        page, number = self.request(1, None), 1
+        try:
+            while True:
+                events, size, cursor = self.parsed(page, number)
+                yield events, size
+                if not events or not cursor:
+                    return
+                del events  # or it would live on while the next page is parsed
+                with self.lock:
+                    if cursor in self.cursors_sent:
+                        raise ApiError(f"{self.label}page {number}: the API sent back a cursor it had already "
+                                       "sent, so paging would never end; stopping. Try again "
+                                       "later, or report it to Braintrust")
+                    self.cursors_sent.add(cursor)
+                page, number = page.state["next"] or self.request(number + 1, cursor), number + 1
+        finally:  # done, failed or interrupted: nothing more is wanted
+            self.drop(page.state["next"])
+
+
+def fetch_pages(*args: Any, **kwargs: Any) -> Iterator[Tuple[List[Any], int]]:
+    """The pages of one experiment, as PageReader reads them."""
+    return iter(PageReader(*args, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------
