@@ -99,6 +99,10 @@ class ApiError(Exception):
     """The API or the network failed: exit 1."""
 
 
+class Regressed(Exception):
+    """The gate of --fail-on-regression failed: exit 3, once the output is written."""
+
+
 class MalformedAnswer(ApiError):
     """The API's answer is JSON, but not in the shape the spec gives: exit 1, naming what."""
 
@@ -557,6 +561,25 @@ class Redactor:
 
 
 REDACT = Redactor()  # the process's own: the key is one for the whole run
+
+
+CONTROL_OR_ESCAPE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: titles, hyperlinks
+    r"|\x1b[@-_]?"  # any other escape
+)
+
+
+def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> str:
+    """Someone else's text (a body, a reason phrase, a header, an error) made safe to show:
+    no escapes, no control characters, one line, trimmed; keys redacted before any cut
+    (and again once the escapes between a key's characters are gone)."""
+    if len(text) > SCANNED_TEXT:  # a body may be megabytes of HTML
+        text = REDACT.edge(redacted(REDACT(text[:SCANNED_TEXT]), secret))
+    text = redacted(REDACT(CONTROL_OR_ESCAPE.sub("", redacted(REDACT(text), secret))), secret)
+    text = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
+                   for char in text)
+    return REDACT.cut(" ".join(text.split()), limit)
 
 
 def is_regular_or_missing(path: str) -> bool:
@@ -1164,25 +1187,6 @@ def attempt(session: requests.Session, method: str, url: str, what: str, setting
 # ---------------------------------------------------------------------------------------
 # The API: name lookup, experiment, pages
 # ---------------------------------------------------------------------------------------
-
-CONTROL_OR_ESCAPE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: titles, hyperlinks
-    r"|\x1b[@-_]?"  # any other escape
-)
-
-
-def clean_text(text: str, limit: int = SERVER_TEXT_LIMIT, secret: str = "") -> str:
-    """Someone else's text (a body, a reason phrase, a header, an error) made safe to show:
-    no escapes, no control characters, one line, trimmed; keys redacted before any cut
-    (and again once the escapes between a key's characters are gone)."""
-    if len(text) > SCANNED_TEXT:  # a body may be megabytes of HTML
-        text = REDACT.edge(redacted(REDACT(text[:SCANNED_TEXT]), secret))
-    text = redacted(REDACT(CONTROL_OR_ESCAPE.sub("", redacted(REDACT(text), secret))), secret)
-    text = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
-                   for char in text)
-    return REDACT.cut(" ".join(text.split()), limit)
-
 
 def json_or_none(body: bytes) -> Any:
     try:
@@ -2664,12 +2668,6 @@ def table(header: List[str], rows: Iterable[List[str]], right: int) -> List[str]
             + " |", *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-class Listing(NamedTuple):
-    """The first REPORT_ROWS cases to show, how many there were, and the statuses seen."""
-    rows: List[List[str]]
-    counts: Dict[str, int]
-
-
 def why_regressed(case: Dict[str, Any], min_drop: float) -> List[str]:
     """A regressed case's reasons, in words: each score before → after, each lost score,
     a new error."""
@@ -2681,25 +2679,19 @@ def why_regressed(case: Dict[str, Any], min_drop: float) -> List[str]:
             + (["an error, where the baseline had none"] if case["new_error"] else []))
 
 
-def listed(cases: Iterable[Dict[str, Any]], listing: Listing, compared: bool,
-           min_drop: float, most: int) -> Iterator[Dict[str, Any]]:
-    """Pass the cases on, noting in `listing` those the report lists: regressed ones when
-    `compared`, else those with an error; each as its row of the report."""
-    for case in cases:
-        shown = case["status"] == "regressed" if compared else case["error"] is not None
-        if shown:
-            listing.counts["listed"] = listing.counts.get("listed", 0) + 1
-        if shown and len(listing.rows) < REPORT_ROWS:
-            if compared:  # the report's own words: not cut
-                detail = markdown_cell("; ".join(why_regressed(case, min_drop)), WHOLE)
-            else:
-                detail = markdown_cell(case["error"], most)
-            listing.rows.append([markdown_cell(case["root_span_id"], WHOLE),
-                                 markdown_cell(case["input"], most), detail])
-        yield case
+def report_rows(cases: Iterable[Dict[str, Any]], compared: bool, min_drop: float,
+                most: int) -> List[List[str]]:
+    """The report's rows: its first REPORT_ROWS regressed cases when `compared`, else its
+    first cases with an error; each as id, input, and why (or the error)."""
+    shown = (case for case in cases
+             if (case["status"] == "regressed" if compared else case["error"] is not None))
+    return [[markdown_cell(case["root_span_id"], WHOLE), markdown_cell(case["input"], most),
+             markdown_cell("; ".join(why_regressed(case, min_drop)), WHOLE)  # our words
+             if compared else markdown_cell(case["error"], most)]
+            for case in islice(shown, REPORT_ROWS)]
 
 
-def render_markdown(summary: Dict[str, Any], listing: Listing) -> Iterator[bytes]:
+def render_markdown(summary: Dict[str, Any], cases: List[List[str]]) -> Iterator[bytes]:
     compared = "baseline_experiment_id" in summary
     lines = [f"**Experiment** `{markdown_cell(summary['experiment_id'], WHOLE)}`"
              + (f" vs **baseline** `{markdown_cell(summary['baseline_experiment_id'], WHOLE)}`"
@@ -2729,12 +2721,12 @@ def render_markdown(summary: Dict[str, Any], listing: Listing) -> Iterator[bytes
              number(score["min"]), number(score["max"])]
             for name, score in summary["scores"].items()), 1)
         title, last = "Cases with an error", "error"
-    listed_count = listing.counts.get("listed", 0)
+    listed_count = summary["regressed"] if compared else summary["errors"]
     lines += ["", f"**{title}** ({listed_count})" + (":" if listed_count else ": none"), ""]
     if listed_count:
-        lines += table(["case", "input", last], listing.rows, 3)
-    if listed_count > len(listing.rows):
-        lines += ["", f"…and {listed_count - len(listing.rows)} more."]
+        lines += table(["case", "input", last], cases, 3)
+    if listed_count > len(cases):
+        lines += ["", f"…and {listed_count - len(cases)} more."]
     yield ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
 
 
@@ -3053,10 +3045,6 @@ def names_read(store: Store, compared: Optional[Comparison]) -> Tuple[set, set]:
     return scores | (compared.score_names() if compared else set()), tags
 
 
-class Regressed(Exception):
-    """--fail-on-regression found a regression: exit 3, once the output is written."""
-
-
 def rendered(options: Options, experiment_id: str, compared: Optional[Comparison],
              cases: Callable[[], Iterator[Dict[str, Any]]], tally: "Tally",
              missing: Tuple[int, List[str]], strict: StrictJson) -> Iterator[bytes]:
@@ -3065,11 +3053,11 @@ def rendered(options: Options, experiment_id: str, compared: Optional[Comparison
     baseline_id = compared.baseline_id if compared else None
     output_format, min_drop = options.output_format, options.min_drop
     if output_format == "markdown":
-        listing = Listing([], {})
-        for _ in listed(map(tally.add, cases()), listing, compared is not None, min_drop,
-                        options.truncate or REPORT_PREVIEW):
-            pass
-        return render_markdown(tally.summary(experiment_id, baseline_id, missing[0]), listing)
+        for case in cases():  # the counts, then the first rows: two passes
+            tally.add(case)
+        rows = report_rows(cases(), compared is not None, min_drop,
+                           options.truncate or REPORT_PREVIEW)
+        return render_markdown(tally.summary(experiment_id, baseline_id, missing[0]), rows)
     if options.summary:
         for case in cases():
             tally.add(case)
