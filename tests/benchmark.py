@@ -111,10 +111,10 @@ def start_fake(traces: int, spans: int, trace_bytes: int, **network: float) -> F
     return fake
 
 
-def commands(fake: FakeBraintrust, page_size: int, network: bool = False
-             ) -> Dict[str, List[str]]:
+def commands(fake: FakeBraintrust, page_size: int, network: bool = False,
+             script_path: Path = SCRIPT) -> Dict[str, List[str]]:
     url = f"{fake.url}/v1/experiment/{EXPERIMENT_ID}/fetch"
-    script = [sys.executable, str(SCRIPT), EXPERIMENT_ID, "--limit", str(page_size)]
+    script = [sys.executable, str(script_path), EXPERIMENT_ID, "--limit", str(page_size)]
     if network:
         return {
             "floor": [sys.executable, "-c", FLOOR, url, str(page_size)],
@@ -169,7 +169,8 @@ def client_env(fake: FakeBraintrust) -> Dict[str, str]:
 
 def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, runs: int,
                   out=sys.stdout, outputs: Optional[Path] = None, network: bool = False,
-                  server_delay: float = 0.25) -> Dict[str, Dict[str, float]]:
+                  server_delay: float = 0.25, script_path: Path = SCRIPT
+                  ) -> Dict[str, Dict[str, float]]:
     """The table; with `outputs`, each client's output of its first run is kept there."""
     shape: Dict[str, float] = {}
     if network:  # a body takes about as long to arrive as the server took to build it
@@ -180,7 +181,7 @@ def run_benchmark(traces: int, spans: int, trace_bytes: int, page_size: int, run
     served_bytes = len(json.dumps(fake.experiments[EXPERIMENT_ID].rows))  # one experiment
     try:
         env = client_env(fake)
-        clients = commands(fake, page_size, network)
+        clients = commands(fake, page_size, network, script_path)
         measure(clients["floor"], env)  # warm the fake's page cache and the OS file cache
         samples: Dict[str, List[Tuple[float, int]]] = {name: [] for name in clients}
         for run in range(runs):  # interleaved, so drift hits every client alike
@@ -293,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--server-delay", type=float, default=0.25,
                         help="with --network: seconds to build each page")
     parser.add_argument("--script", type=Path, default=SCRIPT,
-                        help="with --pipeline: the script to measure (e.g. the previous "
+                        help="the script to measure (e.g. the previous "
                         "release, tests/previous_release/fetch_experiment_results.py)")
     parser.add_argument("--pipeline", action="store_true",
                         help="progress on and off, and --max-results with a late filter "
@@ -309,7 +310,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.network and args.page_size == 200:
         args.page_size = 250
     run_benchmark(args.traces, args.spans, args.trace_bytes, args.page_size, args.runs,
-                  network=args.network, server_delay=args.server_delay)
+                  network=args.network, server_delay=args.server_delay,
+                  script_path=args.script.resolve())
 
 
 if __name__ == "__main__":
