@@ -366,10 +366,15 @@ def test_a_score_expression_is_name_operator_number(text, want):
     assert tuple(script.score_test(text)) == want
 
 
-@pytest.mark.parametrize("text", ["x", "x=1", "<1", "x<", "x<a", "x<inf", "x<1 2", ""])
+@pytest.mark.parametrize("text", ["x", "<1", "x<", "x<a", "x<inf", "x<1 2", ""])
 def test_a_malformed_score_expression_is_refused(text):
     with pytest.raises(script.argparse.ArgumentTypeError, match="NAME OP NUMBER"):
         script.score_test(text)
+
+
+def test_a_single_equals_sign_is_refused_with_the_double_one_suggested():
+    with pytest.raises(script.argparse.ArgumentTypeError, match='write == .* "x==1"'):
+        script.score_test("x=1")
 
 
 @pytest.mark.parametrize("value", [None, "0.5", True])

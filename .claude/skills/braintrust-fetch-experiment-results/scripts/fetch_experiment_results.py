@@ -50,7 +50,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Na
 
 try:
     import requests
-    from dotenv import dotenv_values, find_dotenv
+    from dotenv import dotenv_values
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -81,6 +81,7 @@ DEFAULT_DEADLINE = 300.0  # seconds one request may take, first byte sent to las
 DEFAULT_SPILL_MB = 48  # megabytes of pages handled in memory before rows move to disk
 DEFAULT_MAX_PAGE_MB = 512  # megabytes one answer may hold, unpacked: far above any real page
 MAX_REDIRECTS = 10
+DEFAULT_PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is no terminal
 GATE_MODES = ("cases", "mean", "significant")  # what --gate may say fails the gate
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 RETRY_AFTER_CAP = 60.0
@@ -191,6 +192,11 @@ def page_size(text: str) -> int:
     return positive_int(text, most=MAX_PAGE_SIZE)
 
 
+def result_count(text: str) -> int:
+    """--max-results: any count, the largest meaning every record there can be."""
+    return min(positive_int(text), sys.maxsize)
+
+
 def score_drop(text: str) -> float:
     try:
         value = float(text)
@@ -238,6 +244,11 @@ def score_test(text: str) -> ScoreTest:
             number = float(match["number"])
         except ValueError:
             pass
+    single = re.fullmatch(r"\s*(?P<name>[^<>=!]*?)\s*=\s*(?P<number>[^=<>]+?)\s*", text)
+    if not match and single and single["name"]:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write == to compare for equality, e.g. "
+            f"\"{single['name']}=={single['number']}\"")
     if not match or not match["name"] or not math.isfinite(number):
         raise argparse.ArgumentTypeError(
             f"expected NAME OP NUMBER with OP one of < <= > >= == != "
@@ -300,7 +311,9 @@ def parse_args(argv: Optional[List[str]] = None) -> Options:
         f"({DEFAULT_IN_FLIGHT}; 1 requests each page only after the one before), "
         f"BRAINTRUST_HTTP_DEADLINE the seconds one request may take in all, first byte sent "
         f"to last received ({DEFAULT_DEADLINE:g}), BRAINTRUST_MAX_PAGE_MB the megabytes one "
-        f"answer may hold, unpacked ({DEFAULT_MAX_PAGE_MB}), BRAINTRUST_SPILL_MB the megabytes of pages handled in memory "
+        f"answer may hold, unpacked ({DEFAULT_MAX_PAGE_MB}), BRAINTRUST_PROGRESS_EVERY the "
+        f"seconds between progress lines when stderr is no terminal "
+        f"({DEFAULT_PROGRESS_EVERY:g}), BRAINTRUST_SPILL_MB the megabytes of pages handled in memory "
         f"before the rows move to a temporary file in TMPDIR ({DEFAULT_SPILL_MB}). "
         "Filters combine with AND; --max-results counts after them. "
         "Exit codes: 0 done, 1 the API or network failed, 2 bad arguments or settings, "
@@ -314,7 +327,7 @@ def parse_args(argv: Optional[List[str]] = None) -> Options:
                         help="organisation of the project, when a name alone is ambiguous")
     parser.add_argument("--limit", type=page_size, default=MAX_PAGE_SIZE, metavar="N",
                         help=f"traces per API page, 1 to {MAX_PAGE_SIZE} (default {MAX_PAGE_SIZE})")
-    parser.add_argument("--max-results", type=positive_int, metavar="N",
+    parser.add_argument("--max-results", type=result_count, metavar="N",
                         help="at most N records, the first N; stops requesting pages after the "
                         "page that completes N records, so a score whose newest version "
                         "comes on a later page is missed (without it, records are exact)")
@@ -423,6 +436,7 @@ class Settings(NamedTuple):
     spill_after: int = DEFAULT_SPILL_MB << 20  # bytes of pages
     key_source: str = "the environment"  # or the .env file the key was read from
     max_page: int = DEFAULT_MAX_PAGE_MB << 20  # bytes one answer may hold, unpacked
+    progress_every: float = DEFAULT_PROGRESS_EVERY  # seconds between lines off a terminal
 
 
 def seconds_setting(name: str, text: str) -> float:
@@ -446,36 +460,65 @@ def megabytes_setting(name: str, text: str, least: float, why: str) -> int:
     return int(value)
 
 
-def key_setting(exported: str, from_file: Dict[str, Any], dotenv_path: str) -> Tuple[str, str]:
-    """BRAINTRUST_API_KEY, exported or from the .env file, and where it was read."""
-    key = exported or (from_file.get("BRAINTRUST_API_KEY") or "").strip()
-    if not key and "BRAINTRUST_API_KEY" in from_file:
+def dotenv_files(folder: str) -> List[str]:
+    """The .env files in this folder and in each folder above it, nearest first."""
+    files, folder = [], os.path.abspath(folder)
+    while True:
+        path = os.path.join(folder, ".env")
+        if os.path.isfile(path):
+            files.append(path)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return files
+        folder = parent
+
+
+def dotenv_settings(files: List[str]) -> Dict[str, Tuple[str, str]]:
+    """Each setting the files give a value, from the nearest file that does: a nearer .env
+    that leaves one out (or empty) does not hide a parent's. name -> (value, file)."""
+    found: Dict[str, Tuple[str, str]] = {}
+    for path in reversed(files):
+        for name, value in dotenv_values(path).items():
+            if value and value.strip():
+                found[name] = (value.strip(), path)
+    return found
+
+
+def key_setting(exported: str, found: Dict[str, Tuple[str, str]], files: List[str]
+                ) -> Tuple[str, str]:
+    """BRAINTRUST_API_KEY, exported or from a .env file, and where it was read."""
+    key, source = (exported, "the environment") if exported else found.get(
+        "BRAINTRUST_API_KEY", ("", ""))
+    empty = [path for path in files if "BRAINTRUST_API_KEY" in dotenv_values(path)]
+    if not key and empty:
         raise UsageError(
-            f"BRAINTRUST_API_KEY is empty in {dotenv_path}: put the key after the = (keys: "
+            f"BRAINTRUST_API_KEY is empty in {empty[0]}: put the key after the = (keys: "
             "Braintrust > Settings > API keys), or export it")
     if not key:
+        read = f" (read: {', '.join(files)})" if files else ""
         raise UsageError(
             "BRAINTRUST_API_KEY is not set: export it, or put BRAINTRUST_API_KEY=... in a .env "
-            "file in this folder or a parent (keys: Braintrust > Settings > API keys)")
+            f"file in this folder or a parent{read} (keys: Braintrust > Settings > API keys)")
     if not all(33 <= ord(char) <= 126 for char in key):
         raise UsageError("BRAINTRUST_API_KEY holds spaces or characters that cannot go in an "
                          "HTTP header: copy the key again")
-    return key, "the environment" if exported else dotenv_path
+    return key, source
 
 
 def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
                   output: Optional[str] = None) -> Settings:
     """Key, API URL, timeouts, retries and sizes, from the environment, else from the nearest
     .env file (the current folder, then its parents); --output checked writable."""
-    dotenv_path = find_dotenv(usecwd=True)
-    from_file = dotenv_values(dotenv_path) if dotenv_path else {}
+    files = dotenv_files(os.getcwd())
+    found = dotenv_settings(files)
 
     def setting(name: str, default: Any = "") -> str:
         # An exported value wins; an exported but empty one counts as unset.
-        return (environ.get(name) or from_file.get(name) or "").strip() or str(default)
+        return ((environ.get(name) or "").strip() or found.get(name, ("",))[0]
+                or str(default))
 
-    key, key_source = key_setting((environ.get("BRAINTRUST_API_KEY") or "").strip(),
-                                  from_file, dotenv_path)
+    key, key_source = key_setting((environ.get("BRAINTRUST_API_KEY") or "").strip(), found,
+                                  files)
     retries = setting("BRAINTRUST_NUM_RETRIES", DEFAULT_RETRIES)
     if not retries.isdigit() or int(retries) > 100:
         raise UsageError(f"BRAINTRUST_NUM_RETRIES must be a whole number from 0 to 100, "
@@ -496,7 +539,9 @@ def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
         key_source,
         megabytes_setting("BRAINTRUST_MAX_PAGE_MB",
                           setting("BRAINTRUST_MAX_PAGE_MB", DEFAULT_MAX_PAGE_MB), 1e-9,
-                          "above 0 (how large one answer of the API may be, unpacked)"))
+                          "above 0 (how large one answer of the API may be, unpacked)"),
+        seconds_setting("BRAINTRUST_PROGRESS_EVERY",
+                        setting("BRAINTRUST_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
     if output:
         check_writable(output)
     return settings
@@ -505,10 +550,9 @@ def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
 def key_in_sight(environ: Dict[str, str]) -> str:
     """The key as read_settings will find it, read before anything else, so that even a
     message about the arguments (the key pasted where EXPERIMENT goes) cannot show it."""
-    dotenv_path = find_dotenv(usecwd=True)
-    from_file = dotenv_values(dotenv_path) if dotenv_path else {}
-    return (environ.get("BRAINTRUST_API_KEY") or from_file.get("BRAINTRUST_API_KEY")
-            or "").strip()
+    found = dotenv_settings(dotenv_files(os.getcwd()))
+    return ((environ.get("BRAINTRUST_API_KEY") or "").strip()
+            or found.get("BRAINTRUST_API_KEY", ("",))[0])
 
 
 REAL_KEY_LENGTH = 16  # Braintrust keys are far longer; a shorter one is a test or a typo
@@ -2548,12 +2592,16 @@ NOT_JSON = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN')
 
 class StrictJson:
     """Makes what json writes strict JSON: NaN, Infinity and -Infinity become null, and
-    are counted, for one note on stderr. Text without those words is never scanned."""
+    are counted, for one note on stderr. Text without those words is never scanned. U+2028
+    and U+2029 are written escaped: JSON allows them raw, but readers that split lines on
+    them (Python's str.splitlines, some JavaScript) would cut a record in two."""
 
     def __init__(self) -> None:
         self.nulls = 0
 
     def __call__(self, text: str) -> str:
+        if "\u2028" in text or "\u2029" in text:  # only ever inside strings
+            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         if "NaN" not in text and "Infinity" not in text:
             return text
         return NOT_JSON.sub(self.null_unless_string, text)
@@ -2713,13 +2761,15 @@ def render_markdown(summary: Dict[str, Any], cases: List[List[str]]) -> Iterator
                          str(score["lost"]), str(score["improvements"])])
         # Every figure is the summary's `paired` one: over the cases scored on both sides.
         lines += table(["score", "pairs", "paired mean", "baseline", "diff", "95% CI",
-                        "p (sign test)", "fell", "lost", "rose"], rows, 1)
+                        "p (sign test)", "fell", "lost", "rose"], rows, 1) if rows else [
+            "No scores."]
         title, last = "Regressed cases", "scores: before → after"
     else:
-        lines += table(["score", "records", "mean", "min", "max"], (
+        lines += table(["score", "records", "mean", "min", "max"], [
             [markdown_cell(name, WHOLE), str(score["count"]), number(score["mean"]),
              number(score["min"]), number(score["max"])]
-            for name, score in summary["scores"].items()), 1)
+            for name, score in summary["scores"].items()], 1) if summary["scores"] else [
+            "No scores."]
         title, last = "Cases with an error", "error"
     listed_count = summary["regressed"] if compared else summary["errors"]
     lines += ["", f"**{title}** ({listed_count})" + (":" if listed_count else ": none"), ""]
@@ -2864,14 +2914,34 @@ def write_stdout(chunks: Iterable[bytes]) -> None:
 
 class Reporter:
     """Stderr, all of it: messages, notes, retry notices (from any thread), progress (a
-    line that keeps updating on a terminal, a line a page with --verbose), the key always
-    redacted; and how far the run got, for the line an interrupted run ends with."""
+    line that keeps updating on a terminal, a line a page with --verbose, a plain line every
+    `every` seconds otherwise), the key always redacted; and how far the run got, for the
+    line an interrupted run ends with."""
 
-    def __init__(self, terminal: bool, quiet: bool = False, verbose: bool = False):
-        self.terminal, self.quiet, self.verbose = terminal, quiet, verbose
+    def __init__(self, terminal: bool, quiet: bool = False, verbose: bool = False,
+                 every: float = 0.0):
+        self.terminal, self.quiet, self.verbose, self.every = terminal, quiet, verbose, every
         self.lock = threading.Lock()
         self.started = time.monotonic()
         self.label, self.pages, self.live, self.writing = "", 0, 0, False
+        self.stopped = threading.Event()
+
+    def start_ticking(self) -> None:
+        """Off a terminal (an agent, a CI log), a run still going says so every `every`
+        seconds, so a long run is never mistaken for a hung one; a quick run stays silent."""
+        if self.every > 0 and not (self.terminal or self.quiet or self.verbose):
+            threading.Thread(target=self.tick, daemon=True).start()
+
+    def tick(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):  # Ctrl-C and SIGTERM are the main thread's
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        while not self.stopped.wait(self.every):
+            self.say(f"writing the output, {self.elapsed():.0f} s" if self.writing else
+                     f"{self.label}page {self.pages}: {plural(self.live, 'record')} so far, "
+                     f"{self.elapsed():.0f} s")
+
+    def stop(self) -> None:
+        self.stopped.set()
 
     def say(self, message: str) -> None:
         """A message that always shows: an error, a verdict."""
@@ -3180,8 +3250,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         baseline = parse_baseline(options.baseline, target) if compared else None
         settings = read_settings(dict(os.environ), options.api_url, options.output)
         REDACT.add(settings.key)
-        reporter = Reporter(reporter.terminal, options.quiet, options.verbose)
+        reporter = Reporter(reporter.terminal, options.quiet, options.verbose,
+                            settings.progress_every)
+        reporter.start_ticking()
         verdict = run(options, target, baseline, settings, reporter)
+        reporter.stop()
         if verdict is not None:
             raise Regressed(verdict)
         return EXIT_OK
@@ -3222,6 +3295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         reporter.say(f"{PROG}: error: unexpected {type(error).__name__}: "
                      f"{clean_text(str(error))}; please report this with the command you ran")
         return EXIT_API
+    finally:
+        reporter.stop()
 
 
 if __name__ == "__main__":
