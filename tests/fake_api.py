@@ -81,6 +81,16 @@ def decode_cursor(cursor: str) -> Optional[int]:
         return None
 
 
+def merged(old: Any, new: Any, stop_at: List[List[str]], path: List[str]) -> Any:
+    """`new` deep-merged into `old`, not descending below any path in `stop_at`."""
+    if not isinstance(old, dict) or not isinstance(new, dict) or path in stop_at:
+        return new
+    result = dict(old)
+    for key, value in new.items():
+        result[key] = merged(old.get(key), value, stop_at, path + [key]) if key in old else value
+    return result
+
+
 def page_of(rows: List[Dict[str, Any]], offset: int, limit: int) -> Tuple[List[Dict], int]:
     """Rows from `offset` until the row that would bring in trace number limit + 1."""
     traces = set()
@@ -109,6 +119,7 @@ class FakeBraintrust:
         self.open_connections = 0  # connections whose handler is still running
         self.in_flight = self.most_in_flight = 0  # fetch requests being answered at once
         self.blobs: Dict[str, Tuple[bytes, str, Dict[str, str]]] = {}
+        self.datasets: Dict[str, Dict[str, Dict[str, Any]]] = {}  # dataset id -> id -> row
         self.lock = threading.Lock()
         self.fetch_arrived = threading.Condition(self.lock)  # notified as each fetch arrives
         self.wake = threading.Event()  # cuts every injected delay short (see reset)
@@ -221,8 +232,31 @@ class FakeBraintrust:
         elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "experiment"] \
                 and parts[3] == "fetch":
             self._fetch(handler, request, parts[2], fault or {}, number)
+        elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "dataset"] \
+                and parts[3] == "insert":
+            self._insert(handler, request, parts[2])
         else:
             handler.reply(404, b"Not found", "text/plain")
+
+    def _insert(self, handler: "Handler", request: Request, dataset_id: str) -> None:
+        """`POST /v1/dataset/{id}/insert` as the spec's InsertDatasetEvent says: a row whose id
+        exists is replaced whole, unless `_is_merge` is true: then the new fields are
+        deep-merged into it, except below each of `_merge_paths`, which are replaced."""
+        rows = self.datasets.setdefault(dataset_id, {})
+        events = (request.body or {}).get("events") if isinstance(request.body, dict) else None
+        if not isinstance(events, list):
+            handler.reply(400, b"events must be a list", "text/plain")
+            return
+        ids = []
+        for event in events:
+            fields = {k: v for k, v in event.items() if k not in ("_is_merge", "_merge_paths")}
+            old = rows.get(fields.get("id"))
+            if event.get("_is_merge") and old is not None:
+                rows[fields["id"]] = merged(old, fields, event.get("_merge_paths") or [], [])
+            else:
+                rows[fields["id"]] = fields
+            ids.append(fields["id"])
+        handler.reply(200, json.dumps({"row_ids": ids}).encode(), "application/json")
 
     def experiment_object(self, experiment_id: str) -> Dict[str, Any]:
         """The experiment as the API describes it (`Experiment` in the spec)."""

@@ -54,8 +54,9 @@ def test_off_a_terminal_a_slow_run_prints_a_plain_line_every_few_seconds(run, ap
     result = run(catalog.rich, "--limit", "5", env=dict(env, BRAINTRUST_PROGRESS_EVERY="1"))
     assert result.code == 0
     lines = result.stderr.splitlines()
-    assert lines and all(re.fullmatch(r"page [12]: \d+ records? so far, \d+ s", line)
-                         for line in lines), lines
+    assert lines and all(re.fullmatch(r"(page \d: \d+ records? so far|writing the output), "
+                                      r"\d+ s", line) for line in lines), lines
+    assert any(line.startswith("page ") for line in lines)
 
 
 def test_quiet_keeps_a_slow_run_silent_off_a_terminal(run, api, env, catalog):

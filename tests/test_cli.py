@@ -359,9 +359,10 @@ def test_version_prints_the_version(run):
         "fetch_experiment_results.py", script.__version__])
 
 
-def test_every_flag_in_help_is_documented_in_skill_md_and_the_other_way_round(run):
+def test_every_flag_in_help_is_documented_in_the_skill_and_the_other_way_round(run):
     help_text = run("--help").stdout.decode()
-    skill = (SKILL / "SKILL.md").read_text()
+    skill = "".join(path.read_text() for path in [SKILL / "SKILL.md",
+                                                  *(SKILL / "references").glob("*.md")])
     in_help = set(re.findall(r"--[a-z][a-z-]+", help_text))
     in_skill = set(re.findall(r"--[a-z][a-z-]+", skill))
     assert in_help == in_skill

@@ -158,11 +158,9 @@ def test_the_skills_s_line_finds_the_script_outside_the_repository(tmp_path, ins
     assert (done.returncode, done.stdout.split()[0]) == (0, "fetch_experiment_results.py")
 
 
-def test_every_recipe_in_skill_md_calls_the_script_through_s_but_the_first():
+def test_every_recipe_in_skill_md_calls_the_script_through_s():
     calls = re.findall(r"^python3 (\S+)", skill_text(), re.M)
-    assert calls[0] == ".claude/skills/braintrust-fetch-experiment-results/scripts/" \
-                       "fetch_experiment_results.py"
-    assert set(calls[1:]) == {"$S", "-"}  # "-": the dataset upsert's own script
+    assert len(calls) > 10 and set(calls) == {"$S"}
 
 
 def test_skill_md_says_when_records_start_to_flow_and_to_start_small():
