@@ -66,12 +66,13 @@ def test_the_s_line_says_so_when_it_finds_no_skill(tmp_path):
 
 def recipes():
     """Every line of SKILL.md and the reference files that runs the script through $S."""
-    found = []
+    found = {}  # each command once (comments aside), as the first file that gives it
     for path in [SKILL_MD, *REFERENCES]:
         for line in path.read_text().splitlines():
-            if line.startswith("python3 $S "):
-                found.append(pytest.param(line, id=f"{path.name}: {line[11:60]}"))
-    return found
+            command = line.split("  #")[0].strip()
+            if line.startswith("python3 $S ") and command not in found:
+                found[command] = pytest.param(line, id=f"{path.name}: {line[11:60]}")
+    return list(found.values())
 
 
 @pytest.fixture

@@ -99,7 +99,11 @@ def test_on_disk_a_deleted_row_does_not_come_back(run, env, catalog, tmp_path, w
                                   ["--score", "Exact Match<1", "--max-results", "2"]])
 def test_every_output_is_byte_for_byte_the_same_from_disk_as_from_memory(
         run, env, catalog, tmp_path, args):
-    for experiment in (catalog.rich, catalog.analysis, catalog.versions):
+    # Each flag set on one experiment of three, in turn; the default records on all three.
+    chosen = [catalog.rich, catalog.analysis, catalog.versions]
+    if args != ["--format", "jsonl"]:
+        chosen = [chosen[len(" ".join(args)) % 3]]
+    for experiment in chosen:
         in_memory = run(experiment, "--limit", "2", *args)
         on_disk = run(experiment, "--limit", "2", *args, env=spilled(env, tmp_path))
         assert (in_memory.code, on_disk.code) == (0, 0), on_disk.stderr
