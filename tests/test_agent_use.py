@@ -15,32 +15,32 @@ PROG = "fetch_experiment_results.py"
 
 # -- .env: a nearer one without the key does not hide a parent's ----------------------------
 
-def test_a_nearer_dotenv_without_the_key_does_not_hide_a_parents(run, api, catalog, tmp_path):
-    (tmp_path / ".env").write_text(f"BRAINTRUST_API_KEY={API_KEY}\n")
-    project = tmp_path / "project"
+def project_under(parent, parent_dotenv, api):
+    """A project folder whose .env sets the API URL only, below `parent`, whose .env says
+    `parent_dotenv`: what a run from the project finds."""
+    (parent / ".env").write_text(parent_dotenv)
+    project = parent / "project"
     project.mkdir()
     (project / ".env").write_text(f"BRAINTRUST_API_URL={api.url}\n")  # no key here
-    env = clean_env()
-    result = run(catalog.rich, env=env, cwd=project)
+    return project
+
+
+def test_a_nearer_dotenv_without_the_key_does_not_hide_a_parents(run, api, catalog, tmp_path):
+    project = project_under(tmp_path, f"BRAINTRUST_API_KEY={API_KEY}\n", api)
+    result = run(catalog.rich, env=clean_env(), cwd=project)
     assert result.code == 0, result.stderr
     assert len(result.json()) > 0
 
 
 def test_a_refused_key_names_the_parent_dotenv_it_came_from(run, api, catalog, tmp_path):
-    (tmp_path / ".env").write_text("BRAINTRUST_API_KEY=sk-wrong-key-from-dotenv\n")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / ".env").write_text(f"BRAINTRUST_API_URL={api.url}\n")
+    project = project_under(tmp_path, "BRAINTRUST_API_KEY=sk-wrong-key-from-dotenv\n", api)
     result = run(catalog.rich, env=clean_env(), cwd=project)
     assert result.code == 1
     assert f"BRAINTRUST_API_KEY (read from {tmp_path / '.env'})" in result.stderr
 
 
 def test_no_key_anywhere_names_the_dotenv_files_read(run, api, catalog, tmp_path):
-    (tmp_path / ".env").write_text("OTHER=1\n")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / ".env").write_text(f"BRAINTRUST_API_URL={api.url}\n")
+    project = project_under(tmp_path, "OTHER=1\n", api)
     result = run(catalog.rich, env=clean_env(), cwd=project)
     assert (result.code, api.requests) == (2, [])
     assert f"(read: {project / '.env'}, {tmp_path / '.env'})" in result.stderr
