@@ -3230,6 +3230,15 @@ def run(options: Options, target: Target, baseline: Union[Target, str, None],
         session.close()
 
 
+def schema_of(options: Options) -> bytes:
+    """--schema: the JSON Schema of one record (or of the summary) for these options."""
+    compared = options.baseline is not None
+    keys = None if options.summary else record_keys(options.include, compared,
+                                                    options.filters.edited_only)
+    return encode(output_schema(keys, compared, options.output_format == "jsonl"),
+                  INDENTED) + b"\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     reporter = Reporter(sys.stderr.isatty())
     SIGNALS.install()
@@ -3239,15 +3248,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         options = parse_args(argv)
         output = options.output
         existed = bool(output) and os.path.lexists(output)
-        compared = options.baseline is not None
         if options.schema:
-            keys = None if options.summary else record_keys(options.include, compared,
-                                                            options.filters.edited_only)
-            write_stdout([encode(output_schema(keys, compared, options.output_format == "jsonl"),
-                                 INDENTED) + b"\n"])
+            write_stdout([schema_of(options)])
             return EXIT_OK
         target = parse_target(options.experiment, options.project, options.org)
-        baseline = parse_baseline(options.baseline, target) if compared else None
+        baseline = (parse_baseline(options.baseline, target) if options.baseline is not None
+                    else None)
         settings = read_settings(dict(os.environ), options.api_url, options.output)
         REDACT.add(settings.key)
         reporter = Reporter(reporter.terminal, options.quiet, options.verbose,
