@@ -224,6 +224,9 @@ def analysis(experiment_id: str) -> Dict[str, List[Dict[str, Any]]]:
                   _xact_id=ids.xact(),
                   metrics={"prompt_tokens": 300, "completion_tokens": 50, "tokens": 350})
     two_llm.insert(-1, second)
+    # Its Accuracy scorer crashed: no score, the error on the scorer's span.
+    next(row for row in _spans(two_llm, "score")
+         if row["span_attributes"]["name"] == "Accuracy")["error"] = "scorer crashed"
     partial = case("partial_metrics", {"Exact Match": 0.0, "Accuracy": 0.0},
                    metrics={"start": 1763633700.0})
     _spans(partial, "llm")[0]["metrics"] = {"prompt_tokens": 50}
@@ -255,14 +258,20 @@ ANALYSIS_TRUTH: Dict[str, Dict[str, Any]] = {
            "comments": [], "edited": False, "metrics": {**_RUN, **_ONE_LLM, "errors": 0}},
     "failed": {"scores": {"Exact Match": 0.0}, "tags": ["smoke", "slow"],
                "error": "TimeoutError: model took too long", "comments": [], "edited": False,
-               "metrics": {**_RUN, **_ONE_LLM, "errors": 2}},
+               "metrics": {**_RUN, **_ONE_LLM, "errors": 2},
+               "span_errors": [{"name": "Chat Completion", "type": "llm",
+                                "error": "rate limited"}]},
     "child_error": {"scores": {"Exact Match": 0.5, "Accuracy": 0.2}, "tags": [], "error": None,
                     "comments": [], "edited": False,
-                    "metrics": {**_RUN, **_ONE_LLM, "errors": 1}},
+                    "metrics": {**_RUN, **_ONE_LLM, "errors": 1},
+                    "span_errors": [{"name": "search_0", "type": "tool",
+                                     "error": "search failed"}]},
     "two_llm": {"scores": {"Exact Match": 1.0, "Accuracy": None}, "tags": [], "error": None,
                 "comments": [{"text": "looks wrong", "user": "ana"}], "edited": False,
                 "metrics": {**_RUN, "llm_calls": 2, "prompt_tokens": 420,
-                            "completion_tokens": 59, "tokens": 479, "errors": 0}},
+                            "completion_tokens": 59, "tokens": 479, "errors": 1},
+                "span_errors": [{"name": "Accuracy", "type": "score",
+                                 "error": "scorer crashed"}]},
     "partial_metrics": {"scores": {"Exact Match": 0.0, "Accuracy": 0.0}, "tags": [],
                         "error": None, "comments": [], "edited": False,
                         "metrics": {"start": 1763633700.0, "end": None, "duration": None,
@@ -286,6 +295,16 @@ ANALYSIS_TRUTH: Dict[str, Dict[str, Any]] = {
     "edited_ok": {"scores": {"Exact Match": 1.0}, "tags": ["smoke"], "error": None,
                   "comments": [], "edited": True, "metrics": {**_RUN, **_ONE_LLM, "errors": 0}},
 }
+
+
+def span_errors_of(name: str) -> List[Dict[str, Any]]:
+    """The errors of an `analysis` case's child spans (none for most)."""
+    return ANALYSIS_TRUTH[name].get("span_errors", [])
+
+
+def failed_in_analysis(name: str) -> bool:
+    """Whether any span of the case raised an error (--errors-only keeps it)."""
+    return ANALYSIS_TRUTH[name]["error"] is not None or bool(span_errors_of(name))
 
 
 def analysis_record(cases: Dict[str, List[Dict[str, Any]]], name: str) -> Dict[str, Any]:

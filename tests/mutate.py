@@ -42,7 +42,8 @@ class Mutant(NamedTuple):
 GUARDS = {
     "transaction ids": "test_safety_net.py", "only the previous cursor": "test_safety_net.py",
     "an empty page": "test_safety_net.py", "408": "test_safety_net.py",
-    "Retry-After": "test_safety_net.py", "no redaction": "test_hostile.py",
+    "Retry-After": "test_safety_net.py", "no redaction of": "test_records.py",
+    "no redaction in": "test_hostile.py",
     "a new --output": "test_safety_net.py", "the gate counts": "test_safety_net.py",
     "--min-drop": "test_safety_net.py", "missing counts": "test_safety_net.py",
     "--quiet": "test_safety_net.py", "the deadline": "test_hostile.py",
@@ -71,6 +72,8 @@ GUARDS = {
     "a 90%": "test_comparison.py", "a baseline score": "test_baseline.py",
     "inputs matched": "test_baseline.py", "a replaced file": "test_output.py",
     "--tag": "test_analysis.py", "an empty-string": "test_analysis.py",
+    "--errors-only sees": "test_analysis.py", "on disk, a failed": "test_store.py",
+    "a scorer's error": "test_analysis.py",
     "the rows never": "test_store.py", "on disk, any": "test_store.py",
 }
 
@@ -188,6 +191,17 @@ MUTANTS: List[Mutant] = [
     Mutant("a field's --truncate cut ignored", "as_record",
            "                record[key] = FIELD[key].cut(record[key], most)",
            "                record[key] = record[key]"),
+    # -- failures of any span (issue 24) ----------------------------------------------------
+    Mutant("--errors-only sees only the root's error", "failed",
+           'return case["error"] is not None or bool(case["span_errors"])',
+           'return case["error"] is not None'),
+    Mutant("on disk, a failed span's error forgotten", "cases_stored",
+           "        if failure is not None:\n            failures.append(failure)\n", ""),
+    Mutant("a scorer's error not kept", "essentials",
+           "return ScorePart(event.get(\"root_span_id\"), score_dict(event.get(\"scores\")), cost,\n"
+           "                         failure)",
+           "return ScorePart(event.get(\"root_span_id\"), score_dict(event.get(\"scores\")), cost,\n"
+           "                         None)"),
     # -- records, paging, analysis, output (already guarded when the audit ran) ------------
     Mutant("deletions ignored", "essentials",
            'if event.get("_object_delete") is True:', "if False:"),
@@ -231,9 +245,9 @@ MUTANTS: List[Mutant] = [
            "mode = os.stat(path).st_mode & 0o777", "mode = 0o600 if os.stat(path) else 0"),
     Mutant("--tag keeps a record with any one of the tags", "case_filter",
            "wanted.issubset(", "not wanted.isdisjoint("),
-    Mutant("an empty-string error is no error", "case_filter",
-           'tests.append(lambda case: case["error"] is not None)',
-           'tests.append(lambda case: bool(case["error"]))'),
+    Mutant("an empty-string error is no error", "failed",
+           'return case["error"] is not None or bool(case["span_errors"])',
+           'return bool(case["error"]) or bool(case["span_errors"])'),
     Mutant("the rows never move to disk", "Store.add",
            "self.bytes_read > self.spill_after", "self.bytes_read < 0"),
     Mutant("on disk, any later version wins", "UPSERT",

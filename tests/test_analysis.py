@@ -26,6 +26,7 @@ def record(catalog, name, *fields):
     """The record of case `name` with the --include `fields`, from the generator's truth."""
     root, truth = newest_root(catalog, name), ANALYSIS_TRUTH[name]
     extra = {"id": root["id"], "span_id": root["span_id"], "created": root["created"],
+             "span_errors": experiments.span_errors_of(name),
              **{key: truth[key] for key in ("tags", "error", "comments", "metrics")}}
     return {**experiments.analysis_record(catalog.analysis_cases, name),
             **{field: extra[field] for field in fields}}
@@ -47,7 +48,7 @@ def test_include_adds_one_field_after_origin(run, catalog, field):
 
 def test_include_all_adds_every_field_in_the_documented_order(run, catalog):
     records = run(catalog.analysis, "--include", "all").json()
-    fields = ["id", "span_id", "created", "tags", "error", "comments", "metrics"]
+    fields = ["id", "span_id", "created", "tags", "error", "span_errors", "comments", "metrics"]
     assert records == [record(catalog, name, *fields) for name in ANALYSIS_ORDER]
     assert all(list(r) == STANDARD + fields for r in records)
 
@@ -60,8 +61,8 @@ def test_included_fields_come_in_their_own_order_whatever_order_they_were_asked_
 
 def test_edited_stays_last_after_included_fields(run, catalog):
     records = run(catalog.analysis, "--edited-only", "--include", "error,id").json()
-    assert [list(r)[-3:] for r in records] == [["id", "error", "edited"]] * 2
-    assert records == [dict(record(catalog, name, "id", "error"), edited=True)
+    assert [list(r)[-4:] for r in records] == [["id", "error", "span_errors", "edited"]] * 2
+    assert records == [dict(record(catalog, name, "id", "error", "span_errors"), edited=True)
                        for name in ("edited_ok", "edited_error")]
 
 
@@ -76,17 +77,27 @@ def test_an_unknown_include_field_is_a_usage_error_listing_the_fields(run, api, 
     result = run(catalog.analysis, "--include", "id,cost")
     assert (result.code, result.stdout, api.requests) == (2, b"", [])
     assert "'cost'" in result.stderr
-    assert "id, span_id, created, tags, error, comments, metrics" in result.stderr
+    assert "id, span_id, created, tags, error, span_errors, comments, metrics" in result.stderr
 
 
 # -- filters --------------------------------------------------------------------------------
 
-def test_errors_only_keeps_the_cases_whose_root_failed(run, catalog):
+def test_errors_only_keeps_the_cases_where_any_span_failed(run, catalog):
+    # The root (edited_error, empty_error, error_object, failed), a scorer (two_llm) or a
+    # tool span (child_error).
     records = run(catalog.analysis, "--errors-only").json()
     assert records == [record(catalog, name) for name in ANALYSIS_ORDER
-                       if ANALYSIS_TRUTH[name]["error"] is not None]
+                       if experiments.failed_in_analysis(name)]
     assert names_of(records, catalog) == ["edited_error", "empty_error", "error_object",
-                                          "failed"]
+                                          "two_llm", "child_error", "failed"]
+
+
+def test_include_error_says_which_spans_failed_with_their_name_and_type(run, catalog):
+    records = run(catalog.analysis, "--errors-only", "--include", "error").json()
+    assert [(r["error"], r["span_errors"]) for r in records] == [
+        (ANALYSIS_TRUTH[name]["error"], experiments.span_errors_of(name))
+        for name in ANALYSIS_ORDER if experiments.failed_in_analysis(name)]
+    assert list(records[0])[-2:] == ["error", "span_errors"]
 
 
 @pytest.mark.parametrize("expr, op", [
@@ -158,12 +169,15 @@ def test_truncate_reaches_the_error_and_leaves_ids_tags_and_scores(run, catalog)
                   "--errors-only").json()
     errors = [r["error"] for r in records]
     assert errors == ["boom", "", {"message": "bad …[+7 chars]", "type": "Valu…[+6 chars]"},
-                      "Time…[+29 chars]"]
-    assert [r["tags"] for r in records] == [[], [], ["slow"], ["smoke", "slow"]]
+                      None, None, "Time…[+29 chars]"]
+    assert [r["span_errors"][0]["error"] for r in records if r["span_errors"]] == [
+        "scor…[+10 chars]", "sear…[+9 chars]", "rate…[+8 chars]"]
+    assert [r["tags"] for r in records] == [[], [], ["slow"], [], [], ["smoke", "slow"]]
     assert [(r["root_span_id"], r["id"], r["scores"]) for r in records] == [
         (record(catalog, n, "id")["root_span_id"], record(catalog, n, "id")["id"],
          ANALYSIS_TRUTH[n]["scores"])
-        for n in ("edited_error", "empty_error", "error_object", "failed")]
+        for n in ("edited_error", "empty_error", "error_object", "two_llm", "child_error",
+                  "failed")]
 
 
 def test_truncate_needs_a_positive_number(run, api, catalog):
@@ -182,7 +196,7 @@ def test_csv_has_a_header_and_one_row_per_record_cell_by_cell(run, catalog):
     rows = csv_rows(result.stdout)
     assert list(rows[0]) == ["root_span_id", "input", "output", "expected", "metadata",
                              "scores.Accuracy", "scores.Exact Match", "origin.dataset_id",
-                             "origin.dataset_record_id", "tags", "error"]
+                             "origin.dataset_record_id", "tags", "error", "span_errors"]
 
     def cell(value):
         if value is None:
@@ -191,7 +205,7 @@ def test_csv_has_a_header_and_one_row_per_record_cell_by_cell(run, catalog):
                                                                 ensure_ascii=False)
 
     for row, name in zip(rows, ANALYSIS_ORDER, strict=True):
-        want = record(catalog, name, "tags", "error")
+        want = record(catalog, name, "tags", "error", "span_errors")
         assert row == {"root_span_id": want["root_span_id"], "input": cell(want["input"]),
                        "output": cell(want["output"]), "expected": cell(want["expected"]),
                        "metadata": cell(want["metadata"]),
@@ -199,7 +213,8 @@ def test_csv_has_a_header_and_one_row_per_record_cell_by_cell(run, catalog):
                        "scores.Exact Match": cell(want["scores"].get("Exact Match")),
                        "origin.dataset_id": want["origin"]["dataset_id"],
                        "origin.dataset_record_id": want["origin"]["dataset_record_id"],
-                       "tags": cell(want["tags"]), "error": cell(want["error"])}
+                       "tags": cell(want["tags"]), "error": cell(want["error"]),
+                       "span_errors": cell(want["span_errors"])}
 
 
 def test_csv_cells_are_json_text_for_numbers_and_objects_and_empty_for_null(run, catalog):
@@ -255,7 +270,7 @@ def summary_of(names, experiment_id):
                          "min": min(values), "max": max(values)}
     durations = [t["metrics"]["duration"] for t in truths if t["metrics"]["duration"] is not None]
     return {"experiment_id": experiment_id, "records": len(names),
-            "errors": sum(t["error"] is not None for t in truths),
+            "errors": sum(experiments.failed_in_analysis(name) for name in names),
             "edited": sum(t["edited"] for t in truths), "scores": scores,
             "metrics": {"duration_mean": (to_12_digits(sum(durations) / len(durations))
                                           if durations else None),
@@ -348,3 +363,11 @@ def test_eq_before_lt_or_gt_is_refused_with_the_right_spelling(run, api, catalog
     result = run(catalog.analysis, "--score", expr)
     assert (result.code, api.requests) == (2, [])
     assert "write <= or >= (the = comes second)" in result.stderr
+
+
+def test_the_report_lists_a_case_whose_only_error_is_a_child_spans(run, catalog):
+    report = run(catalog.analysis, "--format", "markdown").stdout.decode()
+    failed = [name for name in ANALYSIS_ORDER if experiments.failed_in_analysis(name)]
+    assert f"**Cases with an error** ({len(failed)}):" in report
+    assert r"search\_0 (tool): search failed" in report  # _ escaped, as markdown needs
+    assert "Accuracy (score): scorer crashed" in report

@@ -66,7 +66,7 @@ def pairs_case(now, then, name="s"):
     return {"scores": {name: now}, "baseline": {"scores": {name: then}},
             "diff": {name: change}, "lost_scores": [], "new_error": False,
             "status": ("regressed" if change < -1e-9 else "improved" if change > 1e-9
-                       else "unchanged"), "error": None, "edited": False,
+                       else "unchanged"), "error": None, "span_errors": [], "edited": False,
             "metrics": {"duration": None, "llm_calls": 0, "prompt_tokens": 0,
                         "completion_tokens": 0, "tokens": 0}}
 

@@ -1,7 +1,8 @@
 """The current script against the previous release (tests/previous_release/), side by side:
 for every output format and a spread of flags, on experiments with versions, deletions,
 UI edits, errors, trials and a baseline, the same bytes on stdout, the same stderr and the
-same exit code (issue 23: a reorganisation of the file that changes no output)."""
+same exit code (issue 23: a reorganisation of the file that changes no output). What
+changed on purpose since (issue 24) is written out below, not ignored."""
 from __future__ import annotations
 
 import re
@@ -15,19 +16,24 @@ from conftest import SCRIPT, assert_no_key
 
 PREVIOUS = Path(__file__).parent / "previous_release" / "fetch_experiment_results.py"
 
-INCLUDE_ALL = ["--include", "all"]
+# Every field but error: since 1.3.0, --include error and all add `span_errors`, and a
+# case whose child span failed counts as failed (issue 24): changes on purpose, which no
+# byte-for-byte rule could apply to the old output. The runs below stay clear of them:
+# --include lists the other fields, and the reports that list errors read `rich`, which
+# has none.
+INCLUDE_MOST = ["--include", "id,span_id,created,tags,comments,metrics"]
 FLAGS = [
     [],
-    INCLUDE_ALL,
+    INCLUDE_MOST,
     ["--edited-only", "--limit", "2"],
-    ["--errors-only", "--include", "error,metrics"],
+    ["--tag", "slow", "--include", "tags,metrics"],
     ["--score", "Exact Match<1", "--truncate", "12"],
     ["--tag", "smoke", "--max-results", "2"],
     ["--max-results", "3", "--limit", "1"],
 ]
 COMPARED = [
     [],
-    ["--include", "all", "--truncate", "8"],
+    ["--include", "id,span_id,created,tags,comments", "--truncate", "8"],
     ["--regressions-only"],
     ["--min-drop", "0.3", "--max-results", "4"],
     ["--fail-on-regression"],
@@ -36,13 +42,16 @@ COMPARED = [
 ]
 # Every flag set in the default format; each other format with a few (the formats share
 # how cases are chosen, so a spread suffices). Each on one experiment of two (rich: versions,
-# deletions, UI edits; analysis: errors, tags, costs), in turn.
+# deletions, UI edits; analysis: errors, tags, costs), in turn; the reports on rich.
 UNCOMPARED_RUNS = ([("json", flags) for flags in FLAGS]
-                   + [("jsonl", FLAGS[6]), ("csv", INCLUDE_ALL), ("markdown", FLAGS[3]),
-                      ("junit", FLAGS[3])])
+                   + [("jsonl", FLAGS[6]), ("csv", INCLUDE_MOST), ("markdown", FLAGS[4]),
+                      ("junit", FLAGS[2])])
 COMPARED_RUNS = ([("json", flags) for flags in COMPARED]
                  + [("jsonl", COMPARED[2]), ("csv", COMPARED[1]), ("markdown", COMPARED[4]),
                     ("junit", COMPARED[4])])
+
+
+REPORTS = ("markdown", "junit")  # they list the cases with an error
 
 
 def named(runs):
@@ -73,7 +82,7 @@ def both(args, env, cwd):
 def test_the_same_bytes_as_the_previous_release(api, env, catalog, tmp_path, output_format,
                                                 flags):
     experiment = (catalog.rich, catalog.analysis)[UNCOMPARED_RUNS.index((output_format, flags))
-                                                  % 2]
+                                                  % 2 if output_format not in REPORTS else 0]
     now, before = both([experiment, "--format", output_format, *flags], env, tmp_path)
     assert now == before
 
@@ -93,7 +102,7 @@ def test_the_same_summary_as_the_previous_release(api, env, catalog, tmp_path, f
     assert now == before
 
 
-@pytest.mark.parametrize("flags", [["--include", "all", "--baseline", "auto", "--edited-only"],
+@pytest.mark.parametrize("flags", [[*INCLUDE_MOST, "--baseline", "auto", "--edited-only"],
                                    ["--summary", "--baseline", "auto"]])
 def test_the_same_schema_as_the_previous_release(env, tmp_path, flags):
     now, before = both(["--schema", *flags], env, tmp_path)

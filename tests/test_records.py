@@ -345,7 +345,8 @@ def test_a_name_takes_project_and_org_from_the_flags():
 def test_include_fields_come_in_printing_order_and_all_means_every_one():
     assert script.include_fields(["metrics,id", " tags "]) == ("id", "tags", "metrics")
     assert script.include_fields(["all"]) == ("id", "span_id", "created", "tags", "error",
-                                               "comments", "metrics")
+                                               "span_errors", "comments", "metrics")
+    assert script.include_fields(["error"]) == ("error", "span_errors")  # and the spans'
     assert script.include_fields(None) == ()
 
 
@@ -397,7 +398,8 @@ def test_record_keys_put_include_then_the_comparison_then_edited_last():
     assert script.record_keys(options.include, options.baseline is not None,
                               options.filters.edited_only) == [
         "root_span_id", "input", "output", "expected", "metadata", "scores", "origin",
-        "id", "error", "baseline", "diff", "lost_scores", "new_error", "status", "edited"]
+        "id", "error", "span_errors", "baseline", "diff", "lost_scores", "new_error", "status",
+        "edited"]
 
 
 def test_llm_costs_count_only_numbers_and_errors_count_on_any_span():

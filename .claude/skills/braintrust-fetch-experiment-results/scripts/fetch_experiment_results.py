@@ -214,6 +214,8 @@ def include_fields(values: Optional[List[str]]) -> Tuple[str, ...]:
     asked.discard("")
     if "all" in asked:
         asked = set(INCLUDABLE)
+    if "error" in asked:  # the root's error, and the other spans'
+        asked.add("span_errors")
     unknown = sorted(asked - set(INCLUDABLE))
     if unknown:
         raise UsageError(f"--include: unknown field {', '.join(map(repr, unknown))}; the "
@@ -337,7 +339,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Options:
                         help="only records whose expected value was edited in the Braintrust "
                         'UI; each gets "edited": true')
     parser.add_argument("--errors-only", action="store_true",
-                        help="only records whose test case failed with an error")
+                        help="only records where a span of the test case raised an error (the "
+                        "root, or a task, llm, tool or scorer span)")
     parser.add_argument("--score", action="append", type=score_test, metavar="EXPR",
                         help='only records whose score passes EXPR, "NAME OP NUMBER" with OP '
                         "one of < <= > >= == != (repeatable; a missing score fails)")
@@ -1635,6 +1638,14 @@ FIELDS = (
     Field("tags", EXTRA, {"type": "array", "items": {"type": "string"}},
           lambda event: event.get("tags") or []),
     Field("error", EXTRA, ANY_JSON, lambda event: event.get("error"), cut=truncated),
+    Field("span_errors", EXTRA, {
+        "type": "array", "description": "the errors of the trace's other spans (task, llm, "
+        "tool, scorer), in the order they came; --include error adds it",
+        "items": {"type": "object", "additionalProperties": False,
+                  "required": ["name", "type", "error"],
+                  "properties": {"name": {"type": ["string", "null"]},
+                                 "type": {"type": ["string", "null"]}, "error": ANY_JSON}}},
+          cut=truncated),
     Field("comments", EXTRA, {"type": "array"}, lambda event: event.get("comments") or []),
     Field("metrics", EXTRA, {
         "type": "object", "additionalProperties": False,
@@ -1687,12 +1698,23 @@ class ScorePart(NamedTuple):
     trace: Any
     scores: Dict[str, Any]
     cost: Optional[Cost]
+    failure: Optional[Dict[str, Any]] = None  # its error, when the scorer failed
 
 
 class SpanPart(NamedTuple):
-    """Any other span, remembered only when metrics are asked for."""
+    """Any other span, remembered only when metrics are asked for or when it failed."""
     trace: Any
-    cost: Cost
+    cost: Optional[Cost]
+    failure: Optional[Dict[str, Any]] = None
+
+
+def span_failure(event: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A child span's error, with the span's name and type: what `span_errors` lists."""
+    if event.get("error") is None:
+        return None
+    attributes = event.get("span_attributes")
+    name = attributes.get("name") if isinstance(attributes, dict) else None
+    return {"name": name, "type": span_type(event), "error": event["error"]}
 
 
 def xact_number(event: Dict[str, Any]) -> int:
@@ -1766,10 +1788,12 @@ def essentials(event: Dict[str, Any], with_costs: bool = False
     if is_root_span(event):
         return RootPart(event.get("root_span_id"),
                         {field.name: field.from_root(event) for field in FROM_ROOT}, cost)
+    failure = span_failure(event)
     if span_type(event) == "score":
-        return ScorePart(event.get("root_span_id"), score_dict(event.get("scores")), cost)
-    if cost is not None:
-        return SpanPart(event.get("root_span_id"), cost)
+        return ScorePart(event.get("root_span_id"), score_dict(event.get("scores")), cost,
+                         failure)
+    if cost is not None or failure is not None:
+        return SpanPart(event.get("root_span_id"), cost, failure)
     return None
 
 
@@ -1837,13 +1861,14 @@ def case_metrics(timing: Dict[str, Any], cost: Cost) -> Dict[str, Any]:
     }
 
 
-def case_of(root: RootPart, trace_scores: Dict[str, Any], trace_cost: Optional[Cost]
-            ) -> Dict[str, Any]:
-    """A case: every field the root gives, the scores and metrics of its whole trace.
-    Scores: the trace's scorer spans, overlaid by the root's own (it holds human corrections).
-    Metrics only where costs were kept."""
+def case_of(root: RootPart, trace_scores: Dict[str, Any], trace_cost: Optional[Cost],
+            failures: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """A case: every field the root gives, the scores, failures and metrics of its whole
+    trace. Scores: the trace's scorer spans, overlaid by the root's own (it holds human
+    corrections). Metrics only where costs were kept."""
     case = dict(root.values)
     case["scores"] = {**trace_scores, **root.values["scores"]}
+    case["span_errors"] = failures or []
     timing = case.pop("metrics")
     if trace_cost is not None:
         case["metrics"] = case_metrics(timing, trace_cost)
@@ -1855,14 +1880,18 @@ def cases_from(latest: Dict[Any, tuple]) -> Iterator[Dict[str, Any]]:
     merge, and its costs add up, in that order too."""
     trace_scores: Dict[Any, Dict[str, Any]] = {}
     trace_costs: Dict[Any, Cost] = {}
+    trace_failures: Dict[Any, List[Dict[str, Any]]] = {}
     for _, part in latest.values():
         if isinstance(part, ScorePart):
             trace_scores.setdefault(part.trace, {}).update(part.scores)
         if part is not None and part.cost is not None:
             trace_costs[part.trace] = add_costs(trace_costs.get(part.trace, NO_COST), part.cost)
+        if isinstance(part, (ScorePart, SpanPart)) and part.failure is not None:
+            trace_failures.setdefault(part.trace, []).append(part.failure)
     for _, part in latest.values():
         if isinstance(part, RootPart):
-            yield case_of(part, trace_scores.get(part.trace, {}), trace_costs.get(part.trace))
+            yield case_of(part, trace_scores.get(part.trace, {}), trace_costs.get(part.trace),
+                          trace_failures.get(part.trace))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1909,8 +1938,8 @@ def stored_part(part: Part) -> Tuple[int, Optional[str], Optional[bytes]]:
     if isinstance(part, RootPart):
         return ROOT, stored_text(part.trace), marshal.dumps((part.values, cost))
     if isinstance(part, ScorePart):
-        return SCORE, stored_text(part.trace), marshal.dumps((part.scores, cost))
-    return SPAN, stored_text(part.trace), marshal.dumps(cost)
+        return SCORE, stored_text(part.trace), marshal.dumps((part.scores, cost, part.failure))
+    return SPAN, stored_text(part.trace), marshal.dumps((cost, part.failure))
 
 
 TABLE = """CREATE TABLE rows (seq INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE,
@@ -1950,25 +1979,28 @@ def stored_rows(versioned: Iterable[Version]) -> Iterator[tuple]:
 def cases_stored(rows: Iterable[tuple]) -> Iterator[Dict[str, Any]]:
     """cases_from, over the table's rows as ROOTS_WITH_TRACES gives them."""
     root: Optional[RootPart] = None
-    current, scores, cost = None, {}, None
+    current, scores, cost, failures = None, {}, None, []
     for seq, payload, kind, part in rows:
         if seq != current:
             if root is not None:
-                yield case_of(root, scores, cost)
+                yield case_of(root, scores, cost, failures)
             values, own_cost = marshal.loads(payload)
             root = RootPart(None, values, own_cost and Cost(*own_cost))
-            current, scores, cost = seq, {}, None
+            current, scores, cost, failures = seq, {}, None, []
+        failure = None
         if kind == SCORE:
-            part_scores, part_cost = marshal.loads(part)
+            part_scores, part_cost, failure = marshal.loads(part)
             scores.update(part_scores)
         elif kind == ROOT:
             part_cost = marshal.loads(part)[1]
         else:
-            part_cost = marshal.loads(part)
+            part_cost, failure = marshal.loads(part)
         if part_cost is not None:
             cost = add_costs(cost or NO_COST, Cost(*part_cost))
+        if failure is not None:
+            failures.append(failure)
     if root is not None:
-        yield case_of(root, scores, cost)
+        yield case_of(root, scores, cost, failures)
 
 
 class Store:
@@ -2059,13 +2091,28 @@ def keep_all(case: Dict[str, Any]) -> bool:
     return True
 
 
+def failed(case: Dict[str, Any]) -> bool:
+    """Whether any span of the case's trace raised an error: the root, or a task, llm, tool
+    or scorer span under it. --errors-only, the summary and the reports count these."""
+    return case["error"] is not None or bool(case["span_errors"])
+
+
+def failures_of(case: Dict[str, Any]) -> List[str]:
+    """What failed in a case, in words: the root's error, then each span's, named."""
+    def text(error: Any) -> str:
+        return error if isinstance(error, str) else COMPACT.encode(error)
+    return ([text(case["error"])] if case["error"] is not None else []) + [
+        f"{failure['name']} ({failure['type']}): {text(failure['error'])}"
+        for failure in case["span_errors"]]
+
+
 def case_filter(filters: Filters) -> Callable[[Dict[str, Any]], bool]:
     """The filters, joined with AND, as one test of a case (keep_all: none)."""
     tests: List[Callable[[Dict[str, Any]], bool]] = []
     if filters.edited_only:
         tests.append(lambda case: case["edited"])
     if filters.errors_only:
-        tests.append(lambda case: case["error"] is not None)
+        tests.append(failed)
     for score in filters.scores:
         tests.append(lambda case, score=score: passes_score(case["scores"], score))
     if filters.tags:
@@ -2375,7 +2422,7 @@ class Tally:
     def add(self, case: Dict[str, Any]) -> Dict[str, Any]:
         """Count one case in; hand it back, so a tally can sit in a stream of cases."""
         self.records += 1
-        self.errors += case["error"] is not None
+        self.errors += failed(case)
         self.edited += bool(case["edited"])
         for name, value in case["scores"].items():
             if is_number(value):
@@ -2732,10 +2779,10 @@ def report_rows(cases: Iterable[Dict[str, Any]], compared: bool, min_drop: float
     """The report's rows: its first REPORT_ROWS regressed cases when `compared`, else its
     first cases with an error; each as id, input, and why (or the error)."""
     shown = (case for case in cases
-             if (case["status"] == "regressed" if compared else case["error"] is not None))
+             if (case["status"] == "regressed" if compared else failed(case)))
     return [[markdown_cell(case["root_span_id"], WHOLE), markdown_cell(case["input"], most),
              markdown_cell("; ".join(why_regressed(case, min_drop)), WHOLE)  # our words
-             if compared else markdown_cell(case["error"], most)]
+             if compared else markdown_cell(failures_of(case)[0], most)]
             for case in islice(shown, REPORT_ROWS)]
 
 
@@ -2808,13 +2855,12 @@ def junit_case(case: Dict[str, Any], experiment_id: str, compared: bool,
     if compared and case["status"] == "regressed":
         reasons = "; ".join(why_regressed(case, min_drop))
         kind = "regression"
-    elif not compared and case["error"] is not None:
+    elif not compared and failed(case):
         reasons, kind = "the case raised an error", "error"
     else:
         return head + "/>"
-    detail = "\n".join(
-        [f"input: {xml_text(case['input'], JUNIT_DETAIL)}"]
-        + [f"error: {xml_text(case['error'], JUNIT_DETAIL)}"] * (case["error"] is not None))
+    detail = "\n".join([f"input: {xml_text(case['input'], JUNIT_DETAIL)}"] + [
+        f"error: {xml_text(failure, JUNIT_DETAIL)}" for failure in failures_of(case)])
     return (head + f">\n    <failure type={xml_attribute(kind)} message={xml_attribute(reasons)}>"
             f"{saxutils.escape(detail)}</failure>\n  </testcase>")
 
