@@ -73,7 +73,7 @@ GUARDS = {
     "inputs matched": "test_baseline.py", "a replaced file": "test_output.py",
     "--tag": "test_analysis.py", "an empty-string": "test_analysis.py",
     "--errors-only sees": "test_analysis.py", "on disk, a failed": "test_store.py",
-    "a scorer's error": "test_analysis.py",
+    "a scorer's error": "test_analysis.py", "an edit's user": "test_agent_use.py",
     "the rows never": "test_store.py", "on disk, any": "test_store.py",
 }
 
@@ -202,6 +202,9 @@ MUTANTS: List[Mutant] = [
            "                         failure)",
            "return ScorePart(event.get(\"root_span_id\"), score_dict(event.get(\"scores\")), cost,\n"
            "                         None)"),
+    Mutant("an edit's user read only from the entry", "expected_edits",
+           '"user_id": metadata.get("user_id", entry.get("user_id")),',
+           '"user_id": entry.get("user_id"),'),
     # -- records, paging, analysis, output (already guarded when the audit ran) ------------
     Mutant("deletions ignored", "essentials",
            'if event.get("_object_delete") is True:', "if False:"),

@@ -98,3 +98,43 @@ def test_a_report_of_no_scores_says_so_rather_than_an_empty_table(run, catalog):
     report = run(catalog.empty, "--format", "markdown").stdout.decode()
     assert "No scores." in report
     assert "| score |" not in report
+
+
+# -- edits with provenance: --include edits ----------------------------------------------------
+
+def test_include_edits_says_who_changed_expected_from_what_to_what(run, catalog):
+    records = run(catalog.rich, "--edited-only", "--include", "edits").json()
+    want = []
+    for name in ("edited_flat", "edited"):  # the order the roots come in
+        entry = catalog.rich_cases[name][-1]["audit_data"][-1]  # the edit, as the UI logged it
+        change = entry.get("audit_data", entry)
+        user = entry.get("metadata", {}).get("user_id", entry.get("user_id"))
+        want.append([{"path": change["path"], "from": change["from"], "to": change["to"],
+                      "user_id": user, "source": "app", "xact_id": entry["_xact_id"]}])
+    assert [record["edits"] for record in records] == want
+    assert all(list(record)[-2:] == ["edits", "edited"] for record in records)
+
+
+def test_an_api_write_without_from_and_to_is_an_edit_too_and_edits_come_in_order(tmp_path):
+    audit = [{"_xact_id": "1", "audit_data": {"action": "upsert"}, "source": "api"},
+             {"_xact_id": "2", "audit_data": {"action": "merge", "path": ["expected"]},
+              "metadata": {}, "source": "api"},
+             {"_xact_id": "3", "audit_data": {"action": "merge", "path": ["expected"],
+                                              "from": None, "to": "fruit"},
+              "metadata": {"user_id": "a5ca"}, "source": "app"},
+             {"_xact_id": "4", "audit_data": {"action": "merge", "path": ["metadata"]},
+              "metadata": {}, "source": "app"}]  # not expected: no edit of it
+    body = page([root_event(1, audit_data=audit), root_event(2)])
+    with HostileServer(serve_pages(body, page([]))) as server:
+        env = clean_env(BRAINTRUST_API_KEY=API_KEY, BRAINTRUST_API_URL=server.url)
+        result = run_script(UUID, "--edited-only", "--include", "edits", env=env, cwd=tmp_path)
+    [record] = result.json()
+    assert record["edits"] == [
+        {"path": ["expected"], "user_id": None, "source": "api", "xact_id": "2"},
+        {"path": ["expected"], "from": None, "to": "fruit", "user_id": "a5ca", "source": "app",
+         "xact_id": "3"}]
+
+
+def test_a_case_never_edited_has_no_edits(run, catalog):
+    records = run(catalog.rich, "--include", "edits", "--max-results", "8").json()
+    assert [r["edits"] == [] for r in records].count(False) == 2  # the two edited, only

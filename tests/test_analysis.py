@@ -26,10 +26,21 @@ def record(catalog, name, *fields):
     """The record of case `name` with the --include `fields`, from the generator's truth."""
     root, truth = newest_root(catalog, name), ANALYSIS_TRUTH[name]
     extra = {"id": root["id"], "span_id": root["span_id"], "created": root["created"],
-             "span_errors": experiments.span_errors_of(name),
+             "span_errors": experiments.span_errors_of(name), "edits": edits_of(catalog, name),
              **{key: truth[key] for key in ("tags", "error", "comments", "metrics")}}
     return {**experiments.analysis_record(catalog.analysis_cases, name),
             **{field: extra[field] for field in fields}}
+
+
+def edits_of(catalog, name):
+    """The edits of expected the generator logged for case `name` (the edited_* cases)."""
+    if name not in ("edited_ok", "edited_error"):  # the two edited_in_ui wrote to
+        return []
+    entry = newest_root(catalog, name)["audit_data"][-1]  # the edit, as the UI logged it
+    change = entry["audit_data"]
+    return [{"path": change["path"], "from": change["from"], "to": change["to"],
+             "user_id": entry["metadata"]["user_id"], "source": "app",
+             "xact_id": entry["_xact_id"]}]
 
 
 def names_of(records, catalog):
@@ -48,7 +59,8 @@ def test_include_adds_one_field_after_origin(run, catalog, field):
 
 def test_include_all_adds_every_field_in_the_documented_order(run, catalog):
     records = run(catalog.analysis, "--include", "all").json()
-    fields = ["id", "span_id", "created", "tags", "error", "span_errors", "comments", "metrics"]
+    fields = ["id", "span_id", "created", "tags", "error", "span_errors", "comments", "edits",
+              "metrics"]
     assert records == [record(catalog, name, *fields) for name in ANALYSIS_ORDER]
     assert all(list(r) == STANDARD + fields for r in records)
 
@@ -77,7 +89,8 @@ def test_an_unknown_include_field_is_a_usage_error_listing_the_fields(run, api, 
     result = run(catalog.analysis, "--include", "id,cost")
     assert (result.code, result.stdout, api.requests) == (2, b"", [])
     assert "'cost'" in result.stderr
-    assert "id, span_id, created, tags, error, span_errors, comments, metrics" in result.stderr
+    assert "id, span_id, created, tags, error, span_errors, comments, edits, metrics" in \
+        result.stderr
 
 
 # -- filters --------------------------------------------------------------------------------

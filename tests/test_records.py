@@ -345,7 +345,7 @@ def test_a_name_takes_project_and_org_from_the_flags():
 def test_include_fields_come_in_printing_order_and_all_means_every_one():
     assert script.include_fields(["metrics,id", " tags "]) == ("id", "tags", "metrics")
     assert script.include_fields(["all"]) == ("id", "span_id", "created", "tags", "error",
-                                               "span_errors", "comments", "metrics")
+                                               "span_errors", "comments", "edits", "metrics")
     assert script.include_fields(["error"]) == ("error", "span_errors")  # and the spans'
     assert script.include_fields(None) == ()
 

@@ -128,16 +128,19 @@ def root_of(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 def edited_in_ui(ids: Ids, root: Dict[str, Any], field: str, value: Any,
                  path: Optional[List[str]] = None, nested: bool = True) -> Dict[str, Any]:
     """A newer version of a root after someone changed one of its fields in the experiment
-    UI (`expected`, usually), with the audit entry the UI leaves."""
+    UI (`expected`, usually), with the audit entry the UI leaves. Nested, as recorded from
+    the production API: {"_xact_id", "audit_data": {"action": "merge", "path", "from",
+    "to"}, "metadata": {"user_id"}, "source": "app"}; flat, the other shape seen: the change
+    and the user's id on the entry itself."""
     row = copy.deepcopy(root)
     row["_xact_id"] = ids.xact()
     row[field] = value
     change = {"action": "merge", "path": path or [field], "from": root.get(field), "to": value}
-    entry = {"_xact_id": row["_xact_id"], "source": "app", "user_id": ids.uuid()}
+    entry: Dict[str, Any] = {"_xact_id": row["_xact_id"], "source": "app"}
     if nested:
-        entry["audit_data"] = change
-    else:  # the other shape seen: the fields directly on the entry
-        entry.update(change)
+        entry.update(audit_data=change, metadata={"user_id": ids.uuid()})
+    else:
+        entry.update(change, user_id=ids.uuid())
     row["audit_data"] = list(root.get("audit_data") or []) + [entry]
     return row
 

@@ -1647,6 +1647,16 @@ FIELDS = (
                                  "type": {"type": ["string", "null"]}, "error": ANY_JSON}}},
           cut=truncated),
     Field("comments", EXTRA, {"type": "array"}, lambda event: event.get("comments") or []),
+    Field("edits", EXTRA, {
+        "type": "array", "description": "who changed expected, and how: each merge into it "
+        "that the audit log holds, in order; from and to where the log has them",
+        "items": {"type": "object", "additionalProperties": False,
+                  "required": ["path", "user_id", "source", "xact_id"],
+                  "properties": {"path": {"type": "array"}, "from": ANY_JSON, "to": ANY_JSON,
+                                 "user_id": {"type": ["string", "null"]},
+                                 "source": {"type": ["string", "null"]},
+                                 "xact_id": {"type": ["string", "null"]}}}},
+          lambda event: expected_edits(event.get("audit_data"))),
     Field("metrics", EXTRA, {
         "type": "object", "additionalProperties": False,
         "required": ["start", "end", "duration", "llm_calls", "prompt_tokens",
@@ -1737,9 +1747,12 @@ def span_type(event: Dict[str, Any]) -> Any:
     return attributes.get("type") if isinstance(attributes, dict) else None
 
 
-def was_expected_edited(audit_data: Any) -> bool:
-    """True when an audit entry records a UI merge into `expected`; entries are read
-    defensively, with their fields on the entry or in its nested audit_data."""
+def expected_edits(audit_data: Any) -> List[Dict[str, Any]]:
+    """Each audit entry that records a merge into `expected`, in order, as who changed what:
+    its path, `from` and `to` where the entry has them, the user, the source ("app": the web
+    UI; "api") and the transaction. Entries are read defensively: their fields on the entry
+    or nested in its own audit_data, the user under its metadata or on the entry."""
+    edits = []
     for entry in audit_data if isinstance(audit_data, list) else []:
         if not isinstance(entry, dict):
             continue
@@ -1747,8 +1760,20 @@ def was_expected_edited(audit_data: Any) -> bool:
             if isinstance(fields, dict) and fields.get("action") == "merge":
                 path = fields.get("path")
                 if isinstance(path, list) and path and path[0] == "expected":
-                    return True
-    return False
+                    metadata = entry.get("metadata")
+                    metadata = metadata if isinstance(metadata, dict) else {}
+                    edits.append({"path": path,
+                                  **{key: fields[key] for key in ("from", "to") if key in fields},
+                                  "user_id": metadata.get("user_id", entry.get("user_id")),
+                                  "source": entry.get("source"),
+                                  "xact_id": entry.get("_xact_id")})
+                    break
+    return edits
+
+
+def was_expected_edited(audit_data: Any) -> bool:
+    """True when an audit entry records a merge into `expected` (--edited-only)."""
+    return bool(expected_edits(audit_data))
 
 
 def dataset_origin(origin: Any) -> Optional[Dict[str, Any]]:
