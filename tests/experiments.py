@@ -276,7 +276,8 @@ ANALYSIS_TRUTH: Dict[str, Dict[str, Any]] = {
                         "error": None, "comments": [], "edited": False,
                         "metrics": {"start": 1763633700.0, "end": None, "duration": None,
                                     "llm_calls": 1, "prompt_tokens": 50,
-                                    "completion_tokens": 0, "tokens": 0, "errors": 0}},
+                                    # no tokens logged: prompt + completion, 50 + none
+                                    "completion_tokens": 0, "tokens": 50, "errors": 0}},
     "error_object": {"scores": {"Exact Match": 0.0}, "tags": ["slow"],
                      "error": {"message": "bad request", "type": "ValueError"},
                      "comments": [], "edited": False,

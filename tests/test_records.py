@@ -402,10 +402,18 @@ def test_record_keys_put_include_then_the_comparison_then_edited_last():
         "edited"]
 
 
+def test_a_span_without_a_token_total_counts_prompt_and_completion():
+    llm = {"span_attributes": {"type": "llm"}, "error": None,
+           "metrics": {"prompt_tokens": 120, "completion_tokens": 9}}
+    assert script.span_cost(llm) == script.Cost(1, 120, 9, 129, 0)
+    llm["metrics"]["tokens"] = 100  # a total given is taken as it is
+    assert script.span_cost(llm) == script.Cost(1, 120, 9, 100, 0)
+
+
 def test_llm_costs_count_only_numbers_and_errors_count_on_any_span():
     llm = {"span_attributes": {"type": "llm"}, "error": "x",
            "metrics": {"prompt_tokens": 5, "completion_tokens": "7", "tokens": True}}
-    assert script.span_cost(llm) == script.Cost(1, 5, 0, 0, 1)
+    assert script.span_cost(llm) == script.Cost(1, 5, 0, 5, 1)  # tokens: 5 + none
     assert script.span_cost({"span_attributes": {"type": "tool"}, "error": None}) == \
         script.Cost(0, 0, 0, 0, 0)
 

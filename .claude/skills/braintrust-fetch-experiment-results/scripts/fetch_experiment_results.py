@@ -1798,8 +1798,11 @@ def span_cost(event: Dict[str, Any]) -> Cost:
     if span_type(event) != "llm":
         return Cost(0, 0, 0, 0, errors)
     metrics = event.get("metrics") if isinstance(event.get("metrics"), dict) else {}
-    tokens = [metrics.get(name) for name in ("prompt_tokens", "completion_tokens", "tokens")]
-    return Cost(1, *(value if is_number(value) else 0 for value in tokens), errors)
+    prompt, completion, tokens = (metrics.get(name) if is_number(metrics.get(name)) else None
+                                  for name in ("prompt_tokens", "completion_tokens", "tokens"))
+    if tokens is None:  # a span that gives the parts and not the total: their sum
+        tokens = (prompt or 0) + (completion or 0)
+    return Cost(1, prompt or 0, completion or 0, tokens, errors)
 
 
 def essentials(event: Dict[str, Any], with_costs: bool = False
