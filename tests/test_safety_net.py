@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import zlib
 
 import pytest
 
@@ -200,3 +201,42 @@ def test_without_quiet_the_same_run_draws_progress_on_a_terminal(env, catalog, t
     # The other side of the test above: the terminal and the run are such that progress shows.
     code, (shown, _) = run_on_a_terminal([catalog.many, "--limit", "10"], env, tmp_path)
     assert code == 0 and b"200 records from 21 pages in " in shown
+
+
+# -- found in the audit of issues 20 to 24 ------------------------------------------------------
+
+def test_max_results_with_a_filter_counts_a_trace_seen_again_once(tmp_path):
+    # A's scorer comes a page after its root: A is judged again there, and must not count
+    # twice, or the run would stop before B, the second match, arrives.
+    a_score = {"id": "score-1", "_xact_id": "999", "span_id": "s1", "root_span_id": "trace-1",
+               "span_parents": ["trace-1"], "span_attributes": {"type": "score"},
+               "scores": {"Exact Match": 1}}
+    pages = serve_by_cursor({None: page([root_event(1, tags=["x"])], cursor="p2"),
+                             "p2": page([a_score], cursor="p3"),
+                             "p3": page([root_event(2, tags=["x"])], cursor="p4"),
+                             "p4": page([root_event(3, tags=["x"])])})
+    with HostileServer(pages) as server:
+        result = against(server, "--tag", "x", "--max-results", "2", tmp_path=tmp_path)
+        assert len(server.requests) == 3
+    assert [record["root_span_id"] for record in result.json()] == ["trace-1", "trace-2"]
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_unpacked_in_memory(tmp_path):
+    # 200 MB of zeros in about 200 KB: refused past 1 MB, without ever holding the 200 MB
+    # (unpacked whole first, the run's peak memory would pass 200 MB).
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip
+    zeros = b"\0" * (1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(200)) + packer.flush()
+    with HostileServer(serve_pages(bomb, **{"Content-Encoding": "gzip"})) as server:
+        env = clean_env(BRAINTRUST_API_KEY=API_KEY, BRAINTRUST_API_URL=server.url,
+                        BRAINTRUST_NUM_RETRIES="0", BRAINTRUST_MAX_PAGE_MB="1")
+        with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+            process = subprocess.Popen([sys.executable, str(SCRIPT), UUID], env=env,
+                                       cwd=tmp_path, stdout=out, stderr=err,
+                                       stdin=subprocess.DEVNULL)
+            _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory
+    stdout, stderr = (tmp_path / "out").read_bytes(), (tmp_path / "err").read_bytes()
+    assert_no_key(stdout, stderr)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert b"larger than BRAINTRUST_MAX_PAGE_MB" in stderr
+    assert usage.ru_maxrss < 150 * 1024  # KiB: far below the 200 MB the bomb holds
