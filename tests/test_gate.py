@@ -310,3 +310,14 @@ def test_junit_without_a_baseline_fails_the_cases_with_an_error(run, junit):
 def test_junit_goes_with_neither_summary_nor_schema(run, api, catalog, args):
     result = run(catalog.rich, "--format", "junit", *args)
     assert (result.code, api.requests) == (2, [])
+
+
+@pytest.mark.parametrize("text", ['a"b', "a'b", 'a"b\'c', "plain", "x<y&z>\n\t\r", '{"q":"w"}', ""])
+def test_xml_quoting_is_the_standard_librarys(text):
+    from xml.sax import saxutils
+
+    from conftest import load_script
+    script = load_script()
+    assert script.xml_attribute(text) == saxutils.quoteattr(
+        text, {"\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
+    assert script.xml_escaped(text) == saxutils.escape(text)
