@@ -9,7 +9,6 @@ key in a row reach stdout or stderr.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ import pytest
 
 from conftest import SCRIPT, clean_env, run_script
 from fake_api import API_KEY
-from hostile import (UUID, Client, HostileServer, answer, gzip_bomb, head, page, root_event,
+from hostile import (UUID, Client, HostileServer, gzip_bomb, head, page, root_event,
                      serve_pages)
 
 PROG = "fetch_experiment_results.py"

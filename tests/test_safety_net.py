@@ -14,10 +14,11 @@ import zlib
 
 import pytest
 
-from conftest import SCRIPT, assert_no_key, clean_env, load_script, run_on_a_terminal, run_script
+from conftest import (SCRIPT, assert_no_key, clean_env, load_script, run_on_a_terminal,
+                      run_script)
 from fake_api import API_KEY, Experiment
 from hostile import HostileServer, UUID, page, root_event, serve_by_cursor, serve_pages
-from traces import Ids, eval_trace, root_of
+from traces import Ids, eval_trace
 
 script = load_script()
 PROG = "fetch_experiment_results.py"

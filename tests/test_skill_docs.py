@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import SCRIPT, SKILL, assert_no_key
+from conftest import SKILL, assert_no_key
 from traces import DATASET_ID, root_of
 
 SKILL_MD = SKILL / "SKILL.md"

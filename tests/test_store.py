@@ -8,12 +8,10 @@ import io
 import json
 import os
 import random
-import re
 import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import experiments
