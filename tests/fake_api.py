@@ -1,6 +1,7 @@
 """A loopback fake of the Braintrust data API: a real HTTP server on 127.0.0.1.
 
-It answers `POST /v1/experiment/{id}/fetch`, `GET /v1/experiment` and `GET /v1/experiment/{id}`
+It answers `POST /v1/experiment/{id}/fetch`, `GET /v1/experiment`, `GET /v1/experiment/{id}`,
+the project and organization lists and objects, and `POST /v1/dataset/{id}/insert`
 the way the public spec and the skill's references/api-notes.md describe, with each uncertain variant selectable per experiment, records
 every request it gets, and injects faults by request number.
 
@@ -229,6 +230,9 @@ class FakeBraintrust:
             self._list_projects_or_organisations(handler, request, parts[1])
         elif request.method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "experiment"]:
             self._get_experiment(handler, parts[2])
+        elif request.method == "GET" and len(parts) == 3 and parts[1] in ("project",
+                                                                          "organization"):
+            self._get_project_or_organisation(handler, parts[1], parts[2])
         elif request.method == "POST" and len(parts) == 4 and parts[:2] == ["v1", "experiment"] \
                 and parts[3] == "fetch":
             self._fetch(handler, request, parts[2], fault or {}, number)
@@ -287,22 +291,37 @@ class FakeBraintrust:
             objects.append(self.experiment_object(experiment_id))
         handler.reply(200, json.dumps({"objects": objects}).encode(), "application/json")
 
-    def _list_projects_or_organisations(self, handler: "Handler", request: Request,
-                                        kind: str) -> None:
-        """`Project` objects (filtered by project_name) or `Organization` objects, as the
-        spec lists them: one for each project and organisation the experiments are in."""
-        query = {key: values[0] for key, values in request.query.items()}
+    def _projects_or_organisations(self, kind: str) -> Dict[str, Dict[str, Any]]:
+        """`Project` or `Organization` objects as the spec gives them, by id: one for each
+        project and organisation the experiments are in."""
         objects: Dict[str, Dict[str, Any]] = {}
         for experiment in self.experiments.values():
             if kind == "organization":
                 objects[experiment.org_id] = {"id": experiment.org_id, "name": experiment.org}
-            elif query.get("project_name", experiment.project) == experiment.project:
+            else:
                 objects[experiment.project_id] = {
                     "id": experiment.project_id, "org_id": experiment.org_id,
                     "name": experiment.project, "created": experiment.created,
                     "deleted_at": None, "user_id": None}
-        handler.reply(200, json.dumps({"objects": list(objects.values())}).encode(),
-                      "application/json")
+        return objects
+
+    def _list_projects_or_organisations(self, handler: "Handler", request: Request,
+                                        kind: str) -> None:
+        """GET /v1/project (filtered by project_name) or GET /v1/organization."""
+        query = {key: values[0] for key, values in request.query.items()}
+        objects = [item for item in self._projects_or_organisations(kind).values()
+                   if query.get("project_name", item["name"]) == item["name"]]
+        handler.reply(200, json.dumps({"objects": objects}).encode(), "application/json")
+
+    def _get_project_or_organisation(self, handler: "Handler", kind: str,
+                                     object_id: str) -> None:
+        """GET /v1/project/{id} or /v1/organization/{id}: the object, or a JSON 404."""
+        found = self._projects_or_organisations(kind).get(object_id)
+        if found is None:
+            handler.reply(404, json.dumps({"error": f"{kind} {object_id} not found"}).encode(),
+                          "application/json")
+            return
+        handler.reply(200, json.dumps(found).encode(), "application/json")
 
     def _fetch(self, handler: "Handler", request: Request, experiment_id: str,
                fault: Dict[str, Any], number: int) -> None:

@@ -75,6 +75,7 @@ GUARDS = {
     "--errors-only sees": "test_analysis.py", "on disk, a failed": "test_store.py",
     "a scorer's error": "test_analysis.py", "an edit's user": "test_agent_use.py",
     "the rows never": "test_store.py", "on disk, any": "test_store.py",
+    "report names": "test_comparison.py", "a report link": "test_records.py",
 }
 
 
@@ -255,6 +256,16 @@ MUTANTS: List[Mutant] = [
            "self.bytes_read > self.spill_after", "self.bytes_read < 0"),
     Mutant("on disk, any later version wins", "UPSERT",
            " WHERE excluded.version > rows.version", ""),
+    Mutant("report names not percent-encoded in a link", "experiment_title",
+           'urllib.parse.quote(name, safe="")', "name"),
+    Mutant("a report link guessed for any API", "app_url_setting",
+           "return DEFAULT_APP_URL if api_url == DEFAULT_API_URL else None",
+           "return DEFAULT_APP_URL"),
+    Mutant("report names that fail to read fail the run", "experiment_names",
+           "    except ApiError as error:\n        announce(f\"{PROG}: note: {error}; the report",
+           "    except KeyError as error:\n        announce(f\"{PROG}: note: {error}; the report"),
+    Mutant("report names read from an id that is no UUID", "named_object",
+           "    if canonical_id(str(object_id)) is None:", "    if False:"),
 ]
 
 

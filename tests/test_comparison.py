@@ -272,6 +272,21 @@ HOSTILE = "a | b\nc `code` *bold* <b>x</b> [link](y) \\ end\r\n| last"
 HOSTILE_ID = "a1c0ffee-5d7f-4e21-9c3a-8f1e2d3c4b5a"
 HOSTILE_BASELINE_ID = "a2c0ffee-5d7f-4e21-9c3a-8f1e2d3c4b5a"
 HOSTILE_CASES = 25  # regressed: more than the report lists
+# Names with markdown's and URLs' special characters; each with what the report must show:
+# escaped as text, percent-encoded in a link.
+HOSTILE_NAMES = {HOSTILE_ID: "run | 1 [a](b)", HOSTILE_BASELINE_ID: "base *2*"}
+HOSTILE_PROJECT, HOSTILE_ORG = "p (x) <y>", "acme/eu labs"
+HOSTILE_TEXT = {HOSTILE_ID: r"run \| 1 \[a\](b)", HOSTILE_BASELINE_ID: r"base \*2\*"}
+APP = "https://app.example.test/bt"  # a self-hosted web app, under a path
+HOSTILE_LINK = {
+    HOSTILE_ID: f"{APP}/app/acme%2Feu%20labs/p/p%20%28x%29%20%3Cy%3E/experiments/"
+                "run%20%7C%201%20%5Ba%5D%28b%29",
+    HOSTILE_BASELINE_ID: f"{APP}/app/acme%2Feu%20labs/p/p%20%28x%29%20%3Cy%3E/experiments/"
+                         "base%20%2A2%2A"}
+
+
+def linked(experiment_id):
+    return f"[{HOSTILE_TEXT[experiment_id]}]({HOSTILE_LINK[experiment_id]}) (`{experiment_id}`)"
 
 
 @pytest.fixture
@@ -289,7 +304,8 @@ def hostile(api):
             root["error"] = HOSTILE if n % 2 else None
             rows += case
         runs[experiment_id] = rows
-        api.add(Experiment(rows), experiment_id)
+        api.add(Experiment(rows, name=HOSTILE_NAMES[experiment_id], project=HOSTILE_PROJECT,
+                           org=HOSTILE_ORG), experiment_id)
     return runs
 
 
@@ -315,12 +331,14 @@ def assert_well_formed(tables):
 
 
 def test_the_report_with_a_baseline_is_well_formed_tables_with_hostile_strings(
-        run, hostile):
-    result = run(HOSTILE_ID, "--baseline", HOSTILE_BASELINE_ID, "--format", "markdown")
-    assert result.code == 0, result.stderr
+        run, env, hostile):
+    result = run(HOSTILE_ID, "--baseline", HOSTILE_BASELINE_ID, "--format", "markdown",
+                 env={**env, "BRAINTRUST_APP_URL": APP + "/"})
+    assert (result.code, result.stderr) == (0, "")
     report = result.stdout.decode()
     lines = report.splitlines()
-    assert lines[0] == (f"**Experiment** `{HOSTILE_ID}` vs **baseline** `{HOSTILE_BASELINE_ID}`"
+    assert lines[0] == (f"**Experiment** {linked(HOSTILE_ID)} vs **baseline** "
+                        f"{linked(HOSTILE_BASELINE_ID)}"
                         f": {HOSTILE_CASES} records, {HOSTILE_CASES // 2} errors; "
                         f"{HOSTILE_CASES} matched, 0 new, 0 missing; {HOSTILE_CASES} regressed, "
                         "0 improved, 0 unchanged")
@@ -350,11 +368,44 @@ def test_the_report_without_a_baseline_lists_the_errored_cases(run, hostile):
     report = run(HOSTILE_ID, "--format", "markdown").stdout.decode()
     tables = table_rows(report)
     assert_well_formed(tables)
-    assert report.splitlines()[0] == (f"**Experiment** `{HOSTILE_ID}`: {HOSTILE_CASES} records,"
-                                      f" {HOSTILE_CASES // 2} errors")
+    # No link: the API is not the default one, and BRAINTRUST_APP_URL does not say the app's.
+    assert report.splitlines()[0] == (
+        f"**Experiment** {HOSTILE_TEXT[HOSTILE_ID]} (`{HOSTILE_ID}`): {HOSTILE_CASES} records,"
+        f" {HOSTILE_CASES // 2} errors")
     assert [cell.strip() for cell in tables[0][2]] == [r"Pipe \| score\`", "25", "0", "0", "0"]
     assert len(tables[1]) == 2 + HOSTILE_CASES // 2
     assert all(row[2].strip().startswith(r"a \| b<br>c \`code\`") for row in tables[1][2:])
+
+
+@pytest.mark.parametrize("refused, shown", [
+    (3, f"{HOSTILE_TEXT[HOSTILE_ID]} (`{HOSTILE_ID}`)"),  # the organisation: no link
+    (1, f"`{HOSTILE_ID}`")])  # the experiment: the id alone
+def test_a_name_that_cannot_be_read_leaves_the_report_whole_with_a_note(
+        run, api, env, hostile, refused, shown):
+    api.faults[refused] = {"status": 403, "body": '{"error": "no read access"}',
+                           "content_type": "application/json"}
+    result = run(HOSTILE_ID, "--format", "markdown",
+                 env={**env, "BRAINTRUST_APP_URL": APP})
+    assert result.code == 0
+    assert result.stdout.decode().splitlines()[0].startswith(f"**Experiment** {shown}: ")
+    kind = {1: "experiment", 3: "organization"}[refused]
+    assert re.search(rf"note: reading the name of {kind} [0-9a-f-]{{36}}: the key is valid "
+                     r"but may not read this \(403 .*no read access", result.stderr)
+    assert result.stderr.rstrip().endswith(
+        "the names read, without a link" if refused == 3 else "the id alone")
+    assert [r.path.split("/")[2] for r in api.requests[:refused]] == [
+        "experiment", "project", "organization"][:refused]
+
+
+def test_a_parent_id_that_is_no_uuid_is_never_put_in_a_path(run, api, env, hostile):
+    api.experiments[HOSTILE_ID].project_id = "../../v1/dataset/x"
+    result = run(HOSTILE_ID, "--format", "markdown", env={**env, "BRAINTRUST_APP_URL": APP})
+    assert result.code == 0
+    assert result.stdout.decode().startswith(
+        f"**Experiment** {HOSTILE_TEXT[HOSTILE_ID]} (`{HOSTILE_ID}`): ")
+    assert "the API gave an id that is not a UUID" in result.stderr
+    assert [r.path for r in api.requests if "/fetch" not in r.path] == [
+        f"/v1/experiment/{HOSTILE_ID}"]
 
 
 def test_a_report_of_no_listed_cases_says_none(run, catalog):

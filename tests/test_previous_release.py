@@ -59,22 +59,33 @@ def named(runs):
     return [f"{output_format} {' '.join(flags)}".strip() for output_format, flags in runs]
 
 
-# What changed on purpose since the previous release, applied to its output: a markdown
-# report with no scores says so instead of printing an empty table (issue 24).
+# What changed on purpose since the previous release, applied to its output (issue 24): a
+# markdown report with no scores says so instead of printing an empty table, and its first
+# line names each experiment before its id (the names the fake gives; these have no
+# character markdown escapes, and without BRAINTRUST_APP_URL a test API gets no link).
 EMPTY_SCORES_TABLE = re.compile(rb"\| score \| [^\n]*\n\| --- \|[^\n]*\n(?=\n)")
+REPORT_ID = re.compile(rb"(?<=^\*\*Experiment\*\* )`([0-9a-f-]{36})`|"
+                       rb"(?<= vs \*\*baseline\*\* )`([0-9a-f-]{36})`")
 
 
-def as_changed_on_purpose(stdout):
-    return EMPTY_SCORES_TABLE.sub(b"No scores.\n", stdout)
+def as_changed_on_purpose(stdout, api, output_format):
+    if output_format != "markdown":
+        return stdout
+    first, rest = stdout.split(b"\n", 1)
+    first = REPORT_ID.sub(lambda found: b"%s (%s)" % (
+        api.experiments[(found[1] or found[2]).decode()].name.encode(), found[0]), first)
+    return first + b"\n" + EMPTY_SCORES_TABLE.sub(b"No scores.\n", rest)
 
 
-def both(args, env, cwd):
+def both(args, env, cwd, api):
     runs = []
+    output_format = args[args.index("--format") + 1] if "--format" in args else "json"
     for script in (SCRIPT, PREVIOUS):
         done = subprocess.run([sys.executable, str(script), *args], env=env, cwd=cwd,
                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
         assert_no_key(done.stdout, done.stderr, env=env)
-        stdout = done.stdout if script == SCRIPT else as_changed_on_purpose(done.stdout)
+        stdout = (done.stdout if script == SCRIPT else
+                  as_changed_on_purpose(done.stdout, api, output_format))
         runs.append((done.returncode, stdout, done.stderr))
     return runs
 
@@ -84,7 +95,7 @@ def test_the_same_bytes_as_the_previous_release(api, env, catalog, tmp_path, out
                                                 flags):
     experiment = (catalog.rich, catalog.analysis)[UNCOMPARED_RUNS.index((output_format, flags))
                                                   % 2 if output_format not in REPORTS else 0]
-    now, before = both([experiment, "--format", output_format, *flags], env, tmp_path)
+    now, before = both([experiment, "--format", output_format, *flags], env, tmp_path, api)
     assert now == before
 
 
@@ -92,19 +103,19 @@ def test_the_same_bytes_as_the_previous_release(api, env, catalog, tmp_path, out
 def test_the_same_comparison_as_the_previous_release(api, env, catalog, tmp_path,
                                                      output_format, flags):
     now, before = both([catalog.current, "--baseline", catalog.baseline, "--format",
-                        output_format, *flags], env, tmp_path)
+                        output_format, *flags], env, tmp_path, api)
     assert now == before
 
 
 @pytest.mark.parametrize("flags", [["--baseline", "auto"], ["--errors-only", "--tag", "x",
                                                               "--format", "jsonl"]])
 def test_the_same_summary_as_the_previous_release(api, env, catalog, tmp_path, flags):
-    now, before = both([catalog.current, "--summary", *flags], env, tmp_path)
+    now, before = both([catalog.current, "--summary", *flags], env, tmp_path, api)
     assert now == before
 
 
 @pytest.mark.parametrize("flags", [[*INCLUDE_MOST, "--baseline", "auto", "--edited-only"],
                                    ["--summary", "--baseline", "auto"]])
 def test_the_same_schema_as_the_previous_release(env, tmp_path, flags):
-    now, before = both(["--schema", *flags], env, tmp_path)
+    now, before = both(["--schema", *flags], env, tmp_path, None)
     assert now == before

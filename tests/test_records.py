@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -559,6 +560,32 @@ def test_max_in_flight_is_1_or_2(monkeypatch, tmp_path, value):
     assert settings_with(monkeypatch, tmp_path, BRAINTRUST_MAX_IN_FLIGHT="1").max_in_flight == 1
     with pytest.raises(script.UsageError, match="BRAINTRUST_MAX_IN_FLIGHT"):
         settings_with(monkeypatch, tmp_path, BRAINTRUST_MAX_IN_FLIGHT=value)
+
+
+def test_the_report_links_to_the_default_app_only_for_the_default_api(monkeypatch, tmp_path):
+    assert settings_with(monkeypatch, tmp_path).app_url == "https://www.braintrust.dev"
+    assert settings_with(monkeypatch, tmp_path,
+                         BRAINTRUST_API_URL="https://bt.example.com").app_url is None
+    assert settings_with(monkeypatch, tmp_path, BRAINTRUST_API_URL="https://bt.example.com",
+                         BRAINTRUST_APP_URL="https://app.example.com/bt/").app_url == (
+        "https://app.example.com/bt")
+
+
+@pytest.mark.parametrize("value", ["javascript:alert(1)", "www.braintrust.dev",
+                                   "https://a.test/x)(y", "https://a.test/ x", "https://"])
+def test_an_app_url_that_cannot_go_into_a_markdown_link_is_refused(monkeypatch, tmp_path,
+                                                                   value):
+    with pytest.raises(script.UsageError, match="BRAINTRUST_APP_URL must be the web app"):
+        settings_with(monkeypatch, tmp_path, BRAINTRUST_APP_URL=value)
+
+
+def test_the_reports_link_reads_back_as_the_names_it_was_made_of():
+    names = ("acme/eu labs", "p (x) <y>?", "run #1 | 50%")
+    title = script.experiment_title("0" * 8 + "-0000-4000-8000-" + "0" * 12,
+                                    script.Names(names[2], names[1], names[0]),
+                                    "https://www.braintrust.dev")
+    link = re.fullmatch(r"\[.*\]\((\S+)\) \(`[0-9a-f-]+`\)", title).group(1)
+    assert script.parse_target(link, None, None) == script.Target(None, *names)
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "?r=abc&s=def", "#row-3", "/?c=x#y"])

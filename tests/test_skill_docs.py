@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import SKILL, assert_no_key
+from conftest import ROOT, SCRIPT, SKILL, assert_no_key
 from traces import DATASET_ID, root_of
 
 SKILL_MD = SKILL / "SKILL.md"
@@ -31,6 +31,14 @@ def test_skill_md_links_each_reference_file_and_each_link_resolves():
     linked = re.findall(r"\]\((references/[^)]+)\)", SKILL_MD.read_text())
     assert sorted(set(linked)) == sorted(f"references/{path.name}" for path in REFERENCES)
     assert all((SKILL / link).is_file() for link in linked)
+
+
+def test_every_setting_the_script_reads_is_documented_for_agents_and_people():
+    read = set(re.findall(r'"(BRAINTRUST_[A-Z_]+)"', SCRIPT.read_text()))
+    assert {"BRAINTRUST_API_KEY", "BRAINTRUST_APP_URL"} <= read  # the pattern finds them
+    for document in (SKILL / "references" / "settings.md", ROOT / "README.md",
+                     ROOT / ".env.example"):
+        assert read <= set(re.findall(r"BRAINTRUST_[A-Z_]+", document.read_text())), document
 
 
 def s_line():

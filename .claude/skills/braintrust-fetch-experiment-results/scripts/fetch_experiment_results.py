@@ -71,6 +71,7 @@ __version__ = "1.3.0"
 PROG = "fetch_experiment_results.py"
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
+DEFAULT_APP_URL = "https://www.braintrust.dev"  # the web app of the default API
 MAX_PAGE_SIZE = 1000  # the API's documented ceiling per request
 CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0  # what the official SDK uses for BRAINTRUST_HTTP_TIMEOUT
@@ -439,6 +440,7 @@ class Settings(NamedTuple):
     key_source: str = "the environment"  # or the .env file the key was read from
     max_page: int = DEFAULT_MAX_PAGE_MB << 20  # bytes one answer may hold, unpacked
     progress_every: float = DEFAULT_PROGRESS_EVERY  # seconds between lines off a terminal
+    app_url: Optional[str] = None  # the web app's base URL, for links; None: not known
 
 
 def seconds_setting(name: str, text: str) -> float:
@@ -544,6 +546,8 @@ def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
                           "above 0 (how large one answer of the API may be, unpacked)"),
         seconds_setting("BRAINTRUST_PROGRESS_EVERY",
                         setting("BRAINTRUST_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
+    settings = settings._replace(app_url=app_url_setting(setting("BRAINTRUST_APP_URL"),
+                                                         settings.api_url))
     if output:
         check_writable(output)
     return settings
@@ -679,6 +683,19 @@ def checked_api_url(url: str) -> str:
         raise UsageError(f"refusing to send the API key over plain http to {parts.hostname}: "
                          f"use an https:// URL (plain http is allowed only to localhost)")
     return urllib.parse.urlunsplit(parts).rstrip("/")
+
+
+def app_url_setting(text: str, api_url: str) -> Optional[str]:
+    """BRAINTRUST_APP_URL (the official SDK's name), the web app the report links to; unset,
+    the default API's app, and None for another API (a self-hosted app's URL is not the
+    API's: a link guessed from it would lead nowhere)."""
+    if not text:
+        return DEFAULT_APP_URL if api_url == DEFAULT_API_URL else None
+    # Plain URL characters only: the link goes into markdown, where ( ) < > and spaces end it.
+    if not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~%/-]*)?", text.strip()):
+        raise UsageError(f"BRAINTRUST_APP_URL must be the web app's base URL, e.g. "
+                         f"{DEFAULT_APP_URL}, got {clean_text(text, limit=80)!r}")
+    return text.strip().rstrip("/")
 
 
 class Target(NamedTuple):
@@ -1390,6 +1407,48 @@ def base_experiment_id(session: requests.Session, settings: Settings, experiment
     if base_id is None:
         raise ApiError(f"{what}: the API gave a base_exp_id that is not a UUID")
     return base_id
+
+
+class Names(NamedTuple):
+    """An experiment's name, and its project's and organisation's (None where unreadable)."""
+    experiment: str
+    project: Optional[str] = None
+    org: Optional[str] = None
+
+
+def named_object(session: requests.Session, settings: Settings, kind: str, object_id: Any,
+                 announce: Callable[[str], None]) -> Dict[str, Any]:
+    """GET /v1/{kind}/{id}: an object with a name (experiment, project, organization)."""
+    what = f"reading the name of {kind} {clean_text(str(object_id), limit=40)}"
+    if canonical_id(str(object_id)) is None:  # it goes into the path: a UUID, nothing else
+        raise ApiError(f"{what}: the API gave an id that is not a UUID")
+    answer = send(session, "GET", f"{settings.api_url}/v1/{kind}/{canonical_id(str(object_id))}",
+                  what, settings, announce)
+    check_status(answer, what, settings, "it is not readable with this key")
+    data = read_json(answer, what, settings.max_page)
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
+        raise ApiError(f"{what}: the answer has no name")
+    return data
+
+
+def experiment_names(session: requests.Session, settings: Settings, experiment_id: str,
+                     announce: Callable[[str], None]) -> Optional[Names]:
+    """The names the markdown report shows and links by: three reads. One that fails leaves
+    out what follows, with a note: the report is right with the id alone, so this never
+    fails the run."""
+    found: List[str] = []
+    try:
+        experiment = named_object(session, settings, "experiment", experiment_id, announce)
+        found.append(experiment["name"])
+        project = named_object(session, settings, "project", experiment.get("project_id"),
+                               announce)
+        found.append(project["name"])
+        found.append(named_object(session, settings, "organization", project.get("org_id"),
+                                  announce)["name"])
+    except ApiError as error:
+        announce(f"{PROG}: note: {error}; the report shows "
+                 + ("the names read, without a link" if found else "the id alone"))
+    return Names(*found) if found else None
 
 
 def kind_of(value: Any) -> str:
@@ -2813,10 +2872,26 @@ def report_rows(cases: Iterable[Dict[str, Any]], compared: bool, min_drop: float
             for case in islice(shown, REPORT_ROWS)]
 
 
-def render_markdown(summary: Dict[str, Any], cases: List[List[str]]) -> Iterator[bytes]:
+def experiment_title(experiment_id: str, names: Optional[Names], app_url: Optional[str]
+                     ) -> str:
+    """An experiment as the report names it: its id, after its name when that is known,
+    linked to the web app when the organisation and the app's URL are known too."""
+    code = f"`{markdown_cell(experiment_id, WHOLE)}`"
+    if names is None:
+        return code
+    title = markdown_cell(names.experiment, WHOLE)
+    if app_url and names.org:
+        parts = [urllib.parse.quote(name, safe="") for name in names[::-1]]
+        title = f"[{title}]({app_url}/app/{parts[0]}/p/{parts[1]}/experiments/{parts[2]})"
+    return f"{title} ({code})"
+
+
+def render_markdown(summary: Dict[str, Any], cases: List[List[str]], titles: Dict[str, str]
+                    ) -> Iterator[bytes]:
+    """The report; `titles`: each experiment's id -> how it is named (experiment_title)."""
     compared = "baseline_experiment_id" in summary
-    lines = [f"**Experiment** `{markdown_cell(summary['experiment_id'], WHOLE)}`"
-             + (f" vs **baseline** `{markdown_cell(summary['baseline_experiment_id'], WHOLE)}`"
+    lines = [f"**Experiment** {titles[summary['experiment_id']]}"
+             + (f" vs **baseline** {titles[summary['baseline_experiment_id']]}"
                 if compared else "")
              + f": {plural(summary['records'], 'record')}, {plural(summary['errors'], 'error')}"
              + (f"; {summary['matched']} matched, {summary['new']} new, {summary['missing']} "
@@ -3199,11 +3274,21 @@ def names_read(store: Store, compared: Optional[Comparison]) -> Tuple[set, set]:
     return scores | (compared.score_names() if compared else set()), tags
 
 
+def report_titles(session: requests.Session, settings: Settings, experiment_ids: List[str],
+                  announce: Callable[[str], None]) -> Dict[str, str]:
+    """Each experiment as the markdown report names it (experiment_title)."""
+    return {experiment_id: experiment_title(
+        experiment_id, experiment_names(session, settings, experiment_id, announce),
+        settings.app_url) for experiment_id in experiment_ids}
+
+
 def rendered(options: Options, experiment_id: str, compared: Optional[Comparison],
              cases: Callable[[], Iterator[Dict[str, Any]]], tally: "Tally",
-             missing: Tuple[int, List[str]], strict: StrictJson) -> Iterator[bytes]:
+             missing: Tuple[int, List[str]], strict: StrictJson, titles: Dict[str, str]
+             ) -> Iterator[bytes]:
     """The output the options ask for, chunk by chunk; every case printed passes through
-    `tally`, which the summary, the reports and the gate read."""
+    `tally`, which the summary, the reports and the gate read. `titles`: the markdown
+    report's names of the experiments."""
     baseline_id = compared.baseline_id if compared else None
     output_format, min_drop = options.output_format, options.min_drop
     if output_format == "markdown":
@@ -3211,7 +3296,8 @@ def rendered(options: Options, experiment_id: str, compared: Optional[Comparison
             tally.add(case)
         rows = report_rows(cases(), compared is not None, min_drop,
                            options.truncate or REPORT_PREVIEW)
-        return render_markdown(tally.summary(experiment_id, baseline_id, missing[0]), rows)
+        return render_markdown(tally.summary(experiment_id, baseline_id, missing[0]), rows,
+                               titles)
     if options.summary:
         for case in cases():
             tally.add(case)
@@ -3234,7 +3320,7 @@ def rendered(options: Options, experiment_id: str, compared: Optional[Comparison
 
 
 def write_output(options: Options, experiment_id: str, compared: Optional[Comparison],
-                 store: Store, reporter: Reporter) -> Optional[str]:
+                 store: Store, reporter: Reporter, titles: Dict[str, str]) -> Optional[str]:
     """Write what the options ask for; then the notes, and the gate's verdict: why it
     failed (None: it passed, or there is no gate)."""
     # The collector is back for the output: json's indenting encoder leaves a reference
@@ -3250,7 +3336,7 @@ def write_output(options: Options, experiment_id: str, compared: Optional[Compar
     strict = StrictJson()
     chunks = rendered(options, experiment_id, compared,
                       lambda: chosen_cases(store, compared, keep, options.max_results), tally,
-                      missing, strict)
+                      missing, strict, titles)
     reporter.writing = True
     if options.output:
         write_file(options.output, chunks)
@@ -3296,6 +3382,9 @@ def run(options: Options, target: Target, baseline: Union[Target, str, None],
         compared = read_baseline(session, settings, options, baseline, experiment_id,
                                  reporter)
         try:
+            titles = report_titles(
+                session, settings, [experiment_id] + ([compared.baseline_id] if compared else []),
+                reporter.note) if options.output_format == "markdown" else {}
             keep = case_filter(options.filters)
             filtering = keep is not keep_all
             store = read_experiment(session, settings, experiment_id, options, reporter,
@@ -3304,7 +3393,7 @@ def run(options: Options, target: Target, baseline: Union[Target, str, None],
                                             keep if compared is None else
                                             lambda case: keep(compared.compared(case))))
             try:
-                return write_output(options, experiment_id, compared, store, reporter)
+                return write_output(options, experiment_id, compared, store, reporter, titles)
             finally:
                 store.close()
         finally:
