@@ -220,6 +220,16 @@ def test_a_lone_surrogate_is_kept_as_an_escape_instead_of_failing():
     assert json.loads(out) == record
 
 
+def test_junit_text_keeps_exactly_the_characters_xml_1_0_allows():
+    # XML 1.0, production [2]: Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD]
+    # | [#x10000-#x10FFFF]. Every code point, at once.
+    allowed = [(0x9, 0x9), (0xA, 0xA), (0xD, 0xD), (0x20, 0xD7FF), (0xE000, 0xFFFD),
+               (0x10000, 0x10FFFF)]
+    every = "".join(map(chr, range(0x110000)))
+    kept = "".join(chr(n) for start, end in allowed for n in range(start, end + 1))
+    assert script.xml_text(every) == kept
+
+
 # -- messages -------------------------------------------------------------------------------
 
 def test_clean_text_removes_escapes_and_control_characters_and_trims():
