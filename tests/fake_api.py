@@ -1,9 +1,10 @@
 """A loopback fake of the Braintrust data API: a real HTTP server on 127.0.0.1.
 
 It answers `POST /v1/experiment/{id}/fetch`, `GET /v1/experiment`, `GET /v1/experiment/{id}`,
-the project and organization lists and objects, and `POST /v1/dataset/{id}/insert`
-the way the public spec and the skill's references/api-notes.md describe, with each uncertain variant selectable per experiment, records
-every request it gets, and injects faults by request number.
+the project and organization lists and objects, and `POST /v1/dataset/{id}/insert` the way
+the public spec and the skill's references/api-notes.md describe, with each uncertain variant
+selectable per experiment, records every request it gets, and injects faults by request
+number.
 
 Paging follows the notes: rows come newest first (by `_xact_id`) over the whole version
 history, and `limit` counts traces, not rows: a page ends before the row that would bring

@@ -233,7 +233,7 @@ def test_in_the_mean_modes_a_crashed_case_still_fails_the_gate(run, crash, tmp_p
             "did not\n")
 
 
-@pytest.mark.parametrize("args", [["--gate", "mean"], ["--allow-missing"]])
+@pytest.mark.parametrize("args", [["--allow-missing"]])  # every form, as a unit: test_usage.py
 def test_gate_and_allow_missing_go_with_fail_on_regression(run, api, catalog, args):
     result = run(catalog.current, "--baseline", catalog.baseline, *args)
     assert (result.code, api.requests) == (2, [])
@@ -306,7 +306,7 @@ def test_junit_without_a_baseline_fails_the_cases_with_an_error(run, junit):
     assert failure.get("type") == "error"
 
 
-@pytest.mark.parametrize("args", [["--summary"], ["--schema"]])
+@pytest.mark.parametrize("args", [["--schema"]])  # every form, as a unit: test_usage.py
 def test_junit_goes_with_neither_summary_nor_schema(run, api, catalog, args):
     result = run(catalog.rich, "--format", "junit", *args)
     assert (result.code, api.requests) == (2, [])

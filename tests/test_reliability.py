@@ -243,7 +243,7 @@ def test_a_bare_404_from_a_wrong_api_path_says_to_check_the_api_url(run, api, ca
     assert "without /v1" in line and "404" in line
 
 
-@pytest.mark.parametrize("suffix", ["/v1", "/v1/", "/V1"])
+@pytest.mark.parametrize("suffix", ["/v1/"])  # every form, as a unit: test_usage.py
 def test_an_api_url_ending_in_v1_is_refused_before_any_request(run, api, catalog, suffix):
     result = run(catalog.rich, "--api-url", api.url + suffix)
     assert (result.code, api.requests) == (2, [])

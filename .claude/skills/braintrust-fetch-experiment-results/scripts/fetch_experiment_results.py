@@ -3414,6 +3414,16 @@ def schema_of(options: Options) -> bytes:
                   INDENTED) + b"\n"
 
 
+def checked(options: Options, environ: Dict[str, str]
+            ) -> Tuple[Target, Union[Target, str, None], Settings]:
+    """What the arguments name, and the settings: the first thing wrong is a UsageError,
+    raised before any request."""
+    target = parse_target(options.experiment, options.project, options.org)
+    baseline = (parse_baseline(options.baseline, target) if options.baseline is not None
+                else None)
+    return target, baseline, read_settings(environ, options.api_url, options.output)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     reporter = Reporter(sys.stderr.isatty())
     SIGNALS.install()
@@ -3426,10 +3436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if options.schema:
             write_stdout([schema_of(options)])
             return EXIT_OK
-        target = parse_target(options.experiment, options.project, options.org)
-        baseline = (parse_baseline(options.baseline, target) if options.baseline is not None
-                    else None)
-        settings = read_settings(dict(os.environ), options.api_url, options.output)
+        target, baseline, settings = checked(options, dict(os.environ))
         REDACT.add(settings.key)
         reporter = Reporter(reporter.terminal, options.quiet, options.verbose,
                             settings.progress_every)
