@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pty
+import py_compile
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,18 @@ from fake_api import API_KEY, OTHER_KEYS, Experiment, FakeBraintrust  # noqa: E4
 ROOT = Path(__file__).resolve().parent.parent
 SKILL = ROOT / ".claude" / "skills" / "braintrust-fetch-experiment-results"
 SCRIPT = SKILL / "scripts" / "fetch_experiment_results.py"
+
+# The script as `python3 SCRIPT ARGS` runs it, but from bytecode compiled once for the session:
+# Python caches the bytecode of what it imports only, so each plain run compiled the whole
+# file again (a fifth of a run's CPU, over some 500 runs). runpy runs the cached module as
+# __main__, with sys.argv[0] and sys.path[0] as the plain command sets them. The recipes
+# (test_skill_docs.py), the tests that start the process themselves, Python 3.9 and the
+# previous release run the plain command; test_cli.py shows that both give the same bytes.
+py_compile.compile(str(SCRIPT), doraise=True)  # into scripts/__pycache__, which git ignores
+SCRIPT_COMMAND = [sys.executable, "-c",
+                  f"import runpy, sys; sys.path[0] = {str(SCRIPT.parent)!r}; "
+                  "runpy.run_module('fetch_experiment_results', run_name='__main__', "
+                  "alter_sys=True)"]
 
 
 def load_script():
@@ -75,7 +88,7 @@ def run_on_a_terminal(args, env: Dict[str, str], cwd: Path, stdout: Any = subpro
     """Run the script with stderr (and stdout too, when `stdout` is None) on a
     pseudo-terminal; the exit code and what the terminal showed, checked for keys."""
     leader, follower = pty.openpty()
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd,
+    done = subprocess.run([*SCRIPT_COMMAND, *args], env=env, cwd=cwd,
                           stdout=follower if stdout is None else stdout, stderr=follower,
                           stdin=subprocess.DEVNULL, timeout=60)
     os.close(follower)
@@ -94,8 +107,9 @@ def run_on_a_terminal(args, env: Dict[str, str], cwd: Path, stdout: Any = subpro
 
 
 def run_script(*args: str, env: Dict[str, str], cwd: Path, timeout: float = 60) -> Result:
-    """Run the script as a user would, and check no key shows in what it printed."""
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd,
+    """Run the script as a user would (SCRIPT_COMMAND), and check no key shows in what it
+    printed."""
+    done = subprocess.run([*SCRIPT_COMMAND, *args], env=env, cwd=cwd,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     assert_no_key(done.stdout, done.stderr, env=env)
     return Result(done.returncode, done.stdout, done.stderr.decode("utf-8", "replace"))

@@ -350,6 +350,21 @@ def test_quiet_and_verbose_cannot_be_combined(run, api, catalog):
     assert run(catalog.rich, "--quiet", "--verbose").code == 2
 
 
+@pytest.mark.parametrize("args", [["--limit", "5", "--include", "all"],
+                                  ["--limit", "0"], ["--format", "markdown"]])
+def test_the_suites_launch_gives_the_same_bytes_as_the_plain_command(run, env, catalog,
+                                                                     tmp_path, args):
+    # The suite runs the script through conftest.SCRIPT_COMMAND (its bytecode compiled once);
+    # a user runs `python3 SCRIPT`: records, a usage error and a report, the same either way.
+    plain = subprocess.run([sys.executable, str(SCRIPT), catalog.analysis, *args], env=env,
+                           cwd=tmp_path, capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    launched = run(catalog.analysis, *args)
+    assert (launched.code, launched.stdout, launched.stderr) == (
+        plain.returncode, plain.stdout, plain.stderr.decode())
+    assert plain.stdout or plain.returncode == 2
+
+
 def test_version_prints_the_version(run):
     result = run("--version")
     assert (result.code, result.stdout.decode().split()) == (0, [
