@@ -67,7 +67,7 @@ except ModuleNotFoundError as missing:  # a Python without the two dependencies:
         "&& . .venv/bin/activate && python3 -m pip install requests python-dotenv\n")
     sys.exit(2)
 
-__version__ = "1.3.0"
+__version__ = "1.4.0"
 PROG = "fetch_experiment_results.py"
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
