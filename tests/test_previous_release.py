@@ -51,13 +51,20 @@ def named(runs):
 # What changed on purpose since the previous release, applied to its output (issue 24): a
 # markdown report with no scores says so instead of printing an empty table, and its first
 # line names each experiment before its id (the names the fake gives; these have no
-# character markdown escapes, and without BRAINTRUST_APP_URL a test API gets no link).
+# character markdown escapes, and without BRAINTRUST_APP_URL a test API gets no link); and
+# a schema's title names this version (1.4.0).
 EMPTY_SCORES_TABLE = re.compile(rb"\| score \| [^\n]*\n\| --- \|[^\n]*\n(?=\n)")
 REPORT_ID = re.compile(rb"(?<=^\*\*Experiment\*\* )`([0-9a-f-]{36})`|"
                        rb"(?<= vs \*\*baseline\*\* )`([0-9a-f-]{36})`")
 
 
+VERSION = re.search(r'__version__ = "(.+)"', SCRIPT.read_text())[1].encode()
+SCHEMA_TITLE = re.compile(rb'(?<="title": "fetch_experiment_results\.py )[^:]+(?=:)')
+
+
 def as_changed_on_purpose(stdout, api, output_format):
+    if output_format == "schema":  # a schema's title holds the version
+        return SCHEMA_TITLE.sub(VERSION, stdout, count=1)
     if output_format != "markdown":
         return stdout
     first, rest = stdout.split(b"\n", 1)
@@ -68,7 +75,8 @@ def as_changed_on_purpose(stdout, api, output_format):
 
 def both(args, env, cwd, api):
     runs = []
-    output_format = args[args.index("--format") + 1] if "--format" in args else "json"
+    output_format = ("schema" if "--schema" in args else
+                     args[args.index("--format") + 1] if "--format" in args else "json")
     for script in (SCRIPT, PREVIOUS):
         done = subprocess.run([sys.executable, str(script), *args], env=env, cwd=cwd,
                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
