@@ -265,7 +265,7 @@ MUTANTS: List[Mutant] = [
            "    except ApiError as error:\n        announce(f\"{PROG}: note: {error}; the report",
            "    except KeyError as error:\n        announce(f\"{PROG}: note: {error}; the report"),
     Mutant("report names read from an id that is no UUID", "named_object",
-           "    if canonical_id(str(object_id)) is None:", "    if False:"),
+           "    if path_id is None:", "    if False:"),
 ]
 
 

@@ -531,8 +531,9 @@ def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
     if in_flight not in ("1", "2"):
         raise UsageError(f"BRAINTRUST_MAX_IN_FLIGHT must be 1 (one page request at a time) or "
                          f"2 (the next page requested while this one arrives), got {in_flight!r}")
+    api_url = checked_api_url(api_url or setting("BRAINTRUST_API_URL", DEFAULT_API_URL))
     settings = Settings(
-        key, checked_api_url(api_url or setting("BRAINTRUST_API_URL", DEFAULT_API_URL)),
+        key, api_url,
         seconds_setting("BRAINTRUST_HTTP_TIMEOUT",
                         setting("BRAINTRUST_HTTP_TIMEOUT", DEFAULT_READ_TIMEOUT)),
         int(retries), int(in_flight),
@@ -545,9 +546,8 @@ def read_settings(environ: Dict[str, str], api_url: Optional[str] = None,
                           setting("BRAINTRUST_MAX_PAGE_MB", DEFAULT_MAX_PAGE_MB), 1e-9,
                           "above 0 (how large one answer of the API may be, unpacked)"),
         seconds_setting("BRAINTRUST_PROGRESS_EVERY",
-                        setting("BRAINTRUST_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
-    settings = settings._replace(app_url=app_url_setting(setting("BRAINTRUST_APP_URL"),
-                                                         settings.api_url))
+                        setting("BRAINTRUST_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)),
+        app_url_setting(setting("BRAINTRUST_APP_URL"), api_url))
     if output:
         check_writable(output)
     return settings
@@ -1420,10 +1420,11 @@ def named_object(session: requests.Session, settings: Settings, kind: str, objec
                  announce: Callable[[str], None]) -> Dict[str, Any]:
     """GET /v1/{kind}/{id}: an object with a name (experiment, project, organization)."""
     what = f"reading the name of {kind} {clean_text(str(object_id), limit=40)}"
-    if canonical_id(str(object_id)) is None:  # it goes into the path: a UUID, nothing else
+    path_id = canonical_id(str(object_id))  # it goes into the path: a UUID, nothing else
+    if path_id is None:
         raise ApiError(f"{what}: the API gave an id that is not a UUID")
-    answer = send(session, "GET", f"{settings.api_url}/v1/{kind}/{canonical_id(str(object_id))}",
-                  what, settings, announce)
+    answer = send(session, "GET", f"{settings.api_url}/v1/{kind}/{path_id}", what, settings,
+                  announce)
     check_status(answer, what, settings, "it is not readable with this key")
     data = read_json(answer, what, settings.max_page)
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
@@ -2881,8 +2882,9 @@ def experiment_title(experiment_id: str, names: Optional[Names], app_url: Option
         return code
     title = markdown_cell(names.experiment, WHOLE)
     if app_url and names.org:
-        parts = [urllib.parse.quote(name, safe="") for name in names[::-1]]
-        title = f"[{title}]({app_url}/app/{parts[0]}/p/{parts[1]}/experiments/{parts[2]})"
+        org, project, experiment = (urllib.parse.quote(name, safe="")
+                                    for name in (names.org, names.project, names.experiment))
+        title = f"[{title}]({app_url}/app/{org}/p/{project}/experiments/{experiment})"
     return f"{title} ({code})"
 
 
