@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plant small, plausible bugs in the script one at a time and report which the suite kills.
 
-    python3 tests/mutate.py              # every mutant (about half an hour on 2 cores)
+    python3 tests/mutate.py              # every mutant (about 20 minutes on 2 cores)
     python3 tests/mutate.py --only gate  # the mutants whose name holds "gate"
     python3 tests/mutate.py --list       # the list, nothing run
 
